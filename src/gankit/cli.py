@@ -1,0 +1,151 @@
+"""The `gankit` command: parse, validate, call the library, print.
+
+Every mistake a user can make ends as one line `error: ...` on stderr and exit
+code 2, with no traceback (gankit.errors.UserError).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gankit import __version__
+from gankit.config import DATASETS, MODELS, RECIPES, TrainConfig
+from gankit.errors import UserError
+
+# Settings that may change when a run is resumed; everything else comes from its checkpoint.
+RESUME_OVERRIDES = ("epochs", "max_steps", "device", "progress", "data_dir")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
+    return value
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="gankit", description="Train, sample and judge image generative models.")
+    parser.add_argument("--version", action="version", version=f"gankit {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model (default: the tutorial's DCGAN on MNIST)",
+                       argument_default=argparse.SUPPRESS,
+                       description="Train a model. Defaults: DCGAN, MNIST, 10 epochs, batch 128.")
+    t.add_argument("--resume", metavar="RUN", help="go on with the run in this folder")
+    t.add_argument("--dataset", choices=DATASETS, help="default: mnist")
+    t.add_argument("--data-dir", help="where the data is (default: $GANKIT_DATA, else ~/.cache/gankit)")
+    t.add_argument("--image-size", type=positive_int, help="network size: 16, 32, 64 or 128 "
+                   "(default: 32 for 28x28 data, padded; 64 for folders)")
+    t.add_argument("--channels", type=int, choices=(1, 3), help="1 grayscale or 3 RGB (default: from the data)")
+    t.add_argument("--fake-size", type=positive_int, help="images in the fake dataset (default: 1024)")
+    t.add_argument("--model", choices=MODELS, help="default: dcgan")
+    t.add_argument("--recipe", choices=tuple(RECIPES), help="default: dcgan; tutorial = the text taken literally")
+    t.add_argument("--nz", type=positive_int, help="length of z (default: 100)")
+    t.add_argument("--width", type=positive_int, help="base width of G and D (default: 64)")
+    t.add_argument("--init", choices=("normal", "pytorch"), help="weight init (overrides the recipe)")
+    t.add_argument("--d-input-bn", action=argparse.BooleanOptionalAction,
+                   help="BatchNorm on D's first block (overrides the recipe)")
+    t.add_argument("--edge", choices=("4x4", "1x1"), help="G's first and D's last layer (overrides the recipe)")
+    t.add_argument("--lr", type=float, help="Adam learning rate (default: 2e-4)")
+    t.add_argument("--beta1", type=float, help="Adam beta1 (default: 0.5)")
+    t.add_argument("--beta2", type=float, help="Adam beta2 (overrides the recipe)")
+    t.add_argument("--batch-size", type=positive_int, help="default: 128")
+    t.add_argument("--epochs", type=positive_int, help="epochs in total, counted from the run's start (default: 10)")
+    t.add_argument("--max-steps", type=positive_int, help="stop after this many steps in total")
+    t.add_argument("--seed", type=int, help="default: 0")
+    t.add_argument("--device", help="auto, cpu or cuda (default: auto)")
+    t.add_argument("--out", help="run folder (default: runs/<model>-<dataset>, numbered when taken)")
+    t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+    s = sub.add_parser("sample", help="generate images from a trained run")
+    s.add_argument("run", help="run folder (or a checkpoint file)")
+    s.add_argument("--n", type=positive_int, help="how many images (default: 10000, or 64 with --grid)")
+    s.add_argument("--seed", type=int, default=0, help="same seed, same images (default: 0)")
+    s.add_argument("--out", default=None, help="write a .npz with a uint8 array 'images' (default: samples.npz)")
+    s.add_argument("--grid", help="write a PNG grid instead")
+    s.add_argument("--batch-size", type=positive_int, default=500)
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from gankit.training.loop import resume_state, train
+
+    given = vars(args).copy()
+    given.pop("command")
+    run = given.pop("resume", None)
+    if run is None:
+        train(TrainConfig(**given))
+        return
+    fixed = sorted(k for k in given if k not in RESUME_OVERRIDES)
+    if fixed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        raise UserError(f"{flags} cannot change when resuming; a resumed run keeps its checkpoint's settings "
+                        f"(you may change {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDES[:3])})")
+    config, state = resume_state(Path(run))
+    for k, v in given.items():
+        setattr(config, k, v)
+    config.out = str(Path(run))
+    train(config, resume=state)
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from gankit import sampling
+    from gankit.data import to_native
+    from gankit.training.loop import load_run
+
+    if args.grid and args.out:
+        raise UserError("give either --out (a .npz) or --grid (a .png), not both")
+    target = Path(args.grid or args.out or "samples.npz")
+    if not target.parent.is_dir():
+        raise UserError(f"folder '{target.parent}' does not exist; create it or pick another path")
+    n = args.n or (64 if args.grid else 10000)
+    config, task, _, native = load_run(Path(args.run), device=args.device)
+    # All of z at once from one seeded CPU generator: the same seed gives the same
+    # images whatever the batch size or device.
+    z = torch.randn(n, config.nz, generator=torch.Generator().manual_seed(args.seed))
+    chunks = [to_native(task.generate(zb.to(task.device)), native).cpu() for zb in z.split(args.batch_size)]
+    images = torch.cat(chunks)
+    try:
+        if args.grid:
+            sampling.save_grid(images, target)
+        else:
+            sampling.save_npz(images, target)
+    except OSError as e:
+        raise UserError(f"cannot write '{target}' ({e.strerror}); pick a writable path") from None
+    shape = "x".join(map(str, images.shape[2:]))
+    print(f"wrote {n} images ({shape}, {images.shape[1]} channel{'s' if images.shape[1] > 1 else ''}) to {target}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gankit.training.loop import Stopped
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        {"train": cmd_train, "sample": cmd_sample}[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Stopped as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("aborted; the last checkpoint is untouched", file=sys.stderr)
+        return 130
+    return 0

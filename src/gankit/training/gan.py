@@ -1,0 +1,100 @@
+"""The DCGAN training step, as the tutorial writes it: (1) update D, (2) update G.
+
+A task owns its modules and optimizers and knows one step; the loop in
+gankit.training.loop knows nothing else about it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gankit.config import TrainConfig
+from gankit.models.dcgan import Discriminator, Generator, dcgan_init
+
+
+class GanTask:
+    """Generator, discriminator, their Adam optimizers, and the step that trains them."""
+
+    metric_names = ("loss_d", "loss_g", "d_real", "d_fake")
+
+    def __init__(self, config: TrainConfig, *, channels: int, device: torch.device):
+        self.nz = config.nz
+        self.device = device
+        self.generator = Generator(image_size=config.image_size, channels=channels, nz=config.nz,
+                                   width=config.width, edge=config.edge).to(device)
+        self.discriminator = Discriminator(image_size=config.image_size, channels=channels,
+                                           width=config.width, edge=config.edge,
+                                           d_input_bn=config.d_input_bn).to(device)
+        if config.init == "normal":
+            dcgan_init(self.generator)
+            dcgan_init(self.discriminator)
+        # channels_last: measured ~15 % faster on CPU (oneDNN's preferred layout); same math.
+        for m in (self.generator, self.discriminator):
+            m.to(memory_format=torch.channels_last)
+        betas = (config.beta1, config.beta2)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=betas)
+        self.bce = nn.BCEWithLogitsLoss()
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": self.opt_g, "discriminator": self.opt_d}
+
+    def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ N(0, I), (n, nz). Drawn on the CPU when a generator is given, so that a
+        seed gives the same z on every device."""
+        if generator is not None:
+            return torch.randn(n, self.nz, generator=generator).to(self.device)
+        return torch.randn(n, self.nz, device=self.device)
+
+    def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One training step on a batch of real images (N, C, S, S) in [-1, 1].
+
+        Returns 0-d tensors on the device; the caller decides when to read them,
+        so a step never waits for the host.
+        """
+        n = real.shape[0]
+        real = real.contiguous(memory_format=torch.channels_last)
+        ones = torch.ones(n, device=real.device)
+        zeros = torch.zeros(n, device=real.device)
+
+        # (1) Update D: maximize log D(x) + log(1 - D(G(z))).
+        # fake.detach(): D's loss must not send gradients into G.
+        fake = self.generator(self.noise(n))
+        logits_real = self.discriminator(real)                 # (N,)
+        logits_fake = self.discriminator(fake.detach())        # (N,)
+        loss_d = self.bce(logits_real, ones) + self.bce(logits_fake, zeros)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        # (2) Update G: make D call fresh fakes real (target 1), the non-saturating
+        # loss of Goodfellow et al. 2014, Sec. 3.
+        fake = self.generator(self.noise(n))
+        loss_g = self.bce(self.discriminator(fake), ones)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+
+        return {
+            "loss_d": loss_d.detach(),
+            "loss_g": loss_g.detach(),
+            "d_real": torch.sigmoid(logits_real.detach()).mean(),
+            "d_fake": torch.sigmoid(logits_fake.detach()).mean(),
+        }
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from z, with BatchNorm in eval mode: an image depends on its
+        own z only, not on the rest of the batch."""
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            return self.generator(z)
+        finally:
+            self.generator.train(was_training)

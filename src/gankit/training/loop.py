@@ -1,0 +1,308 @@
+"""The training loop: epochs, batches, logging, pictures, checkpoints and resume.
+
+It reads top to bottom as one run. The model-specific part is a task object
+(gankit.training.gan.GanTask) with `modules`, `optimizers`, `step(batch)`,
+`noise(n, generator)` and `generate(z)`; the loop knows nothing else about it.
+
+Exact resume: the batch order of epoch e is a permutation seeded by (seed, e), so
+the position inside an epoch follows from the step count alone; the global RNG
+(which draws z) is saved and restored; so are the running sums of the epoch's
+metrics. N steps straight and N/2 + resume + N/2 give identical weights on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import gankit
+from gankit import sampling
+from gankit.checkpoint import load_checkpoint, save_checkpoint
+from gankit.config import TrainConfig, validate
+from gankit.data import ImageData, default_image_size, load_dataset, to_model, to_native
+from gankit.errors import UserError
+from gankit.training.gan import GanTask
+
+GRID = 64  # images in the per-epoch grids: 8x8, as in the tutorial
+
+
+class Diverged(UserError):
+    """A loss became NaN or infinite. Exit code 3: the run, not the input, went wrong."""
+
+    exit_code = 3
+
+
+class Stopped(Exception):
+    """Training stopped on SIGINT/SIGTERM after saving; exit code 128 + signal number."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} was asked for but PyTorch sees no CUDA GPU; use --device cpu "
+                        "(or install a CUDA build of PyTorch, see the README)")
+    return torch.device(name)
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The batch order of one epoch, a function of (seed, epoch) only."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def build_task(config: TrainConfig, channels: int, device: torch.device) -> GanTask:
+    return GanTask(config, channels=channels, device=device)
+
+
+def make_task(config: TrainConfig, channels: int, device: torch.device, state: dict | None = None):
+    """Build the task with its seeded initial weights, then load `state` into it if given."""
+    torch.manual_seed(config.seed)
+    task = build_task(config, channels, device)
+    if state is not None:
+        try:
+            for name, module in task.modules.items():
+                module.load_state_dict(state["modules"][name])
+            for name, opt in task.optimizers.items():
+                if "optimizers" in state:
+                    opt.load_state_dict(state["optimizers"][name])
+        except (KeyError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise UserError(f"checkpoint does not fit the model its config describes ({first}); "
+                            "was it written by another version of gankit?") from None
+    return task
+
+
+def resolve_data_config(config: TrainConfig, data: ImageData) -> TrainConfig:
+    """Fill in the sizes that depend on the data, so config.json says what really ran."""
+    import dataclasses
+
+    return dataclasses.replace(
+        config,
+        image_size=config.image_size or default_image_size(config.dataset),
+        channels=data.channels,
+    )
+
+
+@contextmanager
+def stop_requests():
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second SIGINT aborts."""
+    requested: list[int] = []
+
+    def handler(signum, frame):
+        if requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in old:
+            signal.signal(s, handler)
+    except ValueError:  # not the main thread: no signal handling, nothing to restore
+        old = {}
+    try:
+        yield requested
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _write_json(path: Path, obj) -> None:
+    sampling._write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep only the metric lines a checkpoint at `step` has seen (a crash may leave more)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    sampling._write_atomic(path, "".join(ln + "\n" for ln in kept).encode())
+
+
+def prepare_out(out: Path, resuming: bool) -> None:
+    if not resuming and (out / "checkpoints" / "last.pt").exists():
+        raise UserError(f"'{out}' already holds a run; resume it with `gankit train --resume {out}` "
+                        "or pick another --out")
+    try:
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to the out folder '{out}' ({e.strerror}); "
+                        "pick a writable --out") from None
+
+
+def default_out(config: TrainConfig) -> Path:
+    """runs/<model>-<dataset>, or -2, -3, ... when that already exists."""
+    base = Path("runs") / f"{config.model}-{config.dataset}"
+    out, k = base, 1
+    while out.exists():
+        k += 1
+        out = base.with_name(f"{base.name}-{k}")
+    return out
+
+
+def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
+    """Train from scratch, or go on from a checkpoint's state. Returns the run folder."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    config = config.resolved()
+    validate(config)
+    device = pick_device(config.device)
+
+    # Data first: a missing dataset must fail before anything is written.
+    data = load_dataset(config.dataset, split="train", data_dir=config.data_dir,
+                        image_size=config.image_size, channels=config.channels,
+                        fake_size=config.fake_size, seed=config.seed, log=log)
+    config = resolve_data_config(config, data)
+    if config.batch_size > len(data):
+        raise UserError(f"--batch-size {config.batch_size} is larger than the dataset "
+                        f"({len(data)} images); use a smaller batch size")
+    out = Path(config.out) if config.out else default_out(config)
+    config.out = str(out)
+    prepare_out(out, resuming=resume is not None)
+
+    task = make_task(config, data.channels, device, resume)
+    steps_per_epoch = len(data) // config.batch_size  # last partial batch dropped: fixed shapes
+    total = config.epochs * steps_per_epoch
+    if config.max_steps:
+        total = min(total, config.max_steps)
+    step = resume["step"] if resume else 0
+    sums = dict(resume.get("epoch_sums", {})) if resume else {}
+    if resume:
+        torch.set_rng_state(resume["rng"]["cpu"])
+        if device.type == "cuda" and resume["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
+        _trim_metrics(out / "metrics.jsonl", step)
+    _write_json(out / "config.json", config.to_dict())
+
+    images = data.images.to(device)  # uint8; scaled per batch on the device
+    fixed_z = task.noise(GRID, generator=torch.Generator().manual_seed(config.seed))
+    if not (out / "samples" / "real.png").exists():
+        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))[:GRID]
+        sampling.save_grid(data.images[pick], out / "samples" / "real.png", nrow=8)
+
+    def checkpoint() -> None:
+        rng = {"cpu": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        save_checkpoint({
+            "gankit_version": gankit.__version__,
+            "kind": config.model,
+            "config": config.to_dict(),
+            "step": step,
+            "dataset_size": len(data),
+            "native_size": data.native_size,
+            "modules": {k: m.state_dict() for k, m in task.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in task.optimizers.items()},
+            "rng": rng,
+            "epoch_sums": {k: float(v) for k, v in sums.items()},
+        }, out / "checkpoints")
+
+    if step >= total:
+        log(f"nothing to do: '{out}' is at step {step} of {total}; pass --epochs with a larger number to go on")
+        return out
+    log(f"training {config.model} ({config.recipe} recipe) on {config.dataset}: {len(data)} images, "
+        f"{steps_per_epoch} steps per epoch, {device}, run folder {out}")
+
+    bar = None
+    perm = None
+    session_start = time.perf_counter()
+    epoch_clock = time.perf_counter()
+    with stop_requests() as stop:
+        while step < total:
+            epoch, i = divmod(step, steps_per_epoch)
+            if perm is None or i == 0:
+                perm = epoch_permutation(config.seed, epoch, len(data)).to(device)
+                epoch_clock = time.perf_counter() - sums.get("seconds", 0.0)
+                bar = tqdm(total=steps_per_epoch, initial=i, desc=f"epoch {epoch + 1}/{config.epochs}",
+                           disable=not config.progress, leave=True, file=sys.stderr, dynamic_ncols=True)
+            real = to_model(images[perm[i * config.batch_size:(i + 1) * config.batch_size]], config.image_size)
+            metrics = task.step(real)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            sums["steps"] = sums.get("steps", 0) + 1
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                if step % 25 == 0 or step % steps_per_epoch == 0:
+                    seconds = time.perf_counter() - epoch_clock
+                    bar.set_postfix(loss_d=f"{float(metrics['loss_d']):.3f}", loss_g=f"{float(metrics['loss_g']):.3f}",
+                                    img_s=f"{sums['steps'] * config.batch_size / max(seconds, 1e-9):.0f}")
+
+            if step % steps_per_epoch == 0:  # end of an epoch
+                bar.close()
+                sums["seconds"] = time.perf_counter() - epoch_clock
+                record = epoch_record(epoch + 1, step, sums, config.batch_size)
+                if not all(math.isfinite(record[k]) for k in task.metric_names):
+                    raise Diverged(f"training diverged in epoch {epoch + 1} (step {step}): "
+                                   f"loss_d={record['loss_d']}, loss_g={record['loss_g']}; the last checkpoint "
+                                   "is kept; lower --lr or change the recipe")
+                fake = to_native(task.generate(fixed_z), data.native_size)
+                sampling.save_grid(fake, out / "samples" / f"fake_epoch_{epoch + 1:03d}.png", nrow=8)
+                sums = {}
+                checkpoint()
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                log(f"epoch {epoch + 1}: " + ", ".join(f"{k} {record[k]:.4g}" for k in
+                                                      ("loss_d", "loss_g", "d_real", "d_fake", "images_per_s")))
+            if stop and step < total:
+                break
+    if step % steps_per_epoch != 0:  # stopped inside an epoch: keep the epoch's running sums
+        if bar is not None:
+            bar.close()
+        sums["seconds"] = time.perf_counter() - epoch_clock
+        checkpoint()
+    if stop:
+        raise Stopped(stop[0], f"stopped by {signal.Signals(stop[0]).name} at step {step}; checkpoint saved; "
+                      f"resume with: gankit train --resume {out}")
+    log(f"done: {step} steps in {time.perf_counter() - session_start:.1f} s; run folder {out}")
+    return out
+
+
+def epoch_record(epoch: int, step: int, sums: dict, batch_size: int) -> dict:
+    n = max(int(sums.get("steps", 0)), 1)
+    seconds = float(sums.get("seconds", 0.0))
+    record = {"epoch": epoch, "step": step}
+    for k, v in sums.items():
+        if k not in ("steps", "seconds"):
+            record[k] = float(v) / n
+    record["images_per_s"] = n * batch_size / max(seconds, 1e-9)
+    record["seconds"] = seconds
+    return record
+
+
+def load_run(run: Path, device: str = "cpu"):
+    """(config, task, state, native_size) of a run folder's newest checkpoint, for sampling."""
+    from gankit.checkpoint import find_checkpoint
+
+    state = load_checkpoint(find_checkpoint(run))
+    try:
+        config = TrainConfig.from_dict(state["config"])
+    except TypeError as e:
+        raise UserError(f"checkpoint in '{run}' has an unreadable config ({e})") from None
+    config.device = device
+    dev = pick_device(device)
+    task = make_task(config, config.channels, dev, state)
+    return config, task, state, int(state.get("native_size", config.image_size))
+
+
+def resume_state(run: Path) -> tuple[TrainConfig, dict]:
+    from gankit.checkpoint import find_checkpoint
+
+    state = load_checkpoint(find_checkpoint(run))
+    config = TrainConfig.from_dict(state["config"])
+    return config, state

@@ -1,0 +1,35 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
+
+# Tests run on 2 cores next to each other; one thread each keeps them predictable.
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_args():
+    """The smallest CLI flags that still run every code path of training."""
+    return ["--dataset", "fake", "--fake-size", "64", "--image-size", "16", "--width", "8",
+            "--nz", "8", "--batch-size", "16", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _no_data_env(monkeypatch, tmp_path):
+    # Never read or fill the user's real cache from a test.
+    monkeypatch.setenv("GANKIT_DATA", str(tmp_path / "data-cache"))
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+def mnist_available() -> bool:
+    return all((MNIST_DIR / f).exists() for f in (
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"))
+
+
+requires_mnist = pytest.mark.skipif(not mnist_available(), reason=f"MNIST files not found in {MNIST_DIR}")
