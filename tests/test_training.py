@@ -6,6 +6,7 @@ import torch
 
 from gankit.checkpoint import load_checkpoint
 from gankit.cli import main
+from conftest import MNIST_DIR, requires_mnist
 
 
 def weights(run):
@@ -111,3 +112,17 @@ def test_rgb_samples_are_hwc(tmp_path, tiny_args):
     assert main(["sample", str(run), "--n", "5", "--out", str(tmp_path / "s.npz")]) == 0
     images = np.load(tmp_path / "s.npz")["images"]
     assert images.shape == (5, 16, 16, 3) and images.dtype == np.uint8
+
+
+@requires_mnist
+def test_real_mnist_run_gives_28x28_samples(tmp_path):
+    """MNIST from ../shared/data/mnist: padded to 32 for the network, 28x28 for the user."""
+    run = tmp_path / "run"
+    assert main(["train", "--data-dir", str(MNIST_DIR), "--width", "8", "--nz", "8", "--batch-size", "64",
+                 "--max-steps", "2", "--no-progress", "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["image_size"] == 32 and config["channels"] == 1
+    from PIL import Image
+    assert Image.open(run / "samples" / "real.png").size == (8 * 30 + 2, 8 * 30 + 2)  # 28 px + 2 px gaps
+    assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.npz")]) == 0
+    assert np.load(tmp_path / "s.npz")["images"].shape == (4, 28, 28)
