@@ -48,16 +48,17 @@ def build_parser() -> Parser:
                    "(default: 32 for 28x28 data, padded; 64 for folders)")
     t.add_argument("--channels", type=int, choices=(1, 3), help="1 grayscale or 3 RGB (default: from the data)")
     t.add_argument("--fake-size", type=positive_int, help="images in the fake dataset (default: 1024)")
-    t.add_argument("--model", choices=MODELS, help="default: dcgan")
+    t.add_argument("--model", choices=MODELS, help="dcgan (default), vae (conv), vae-mlp (the classic 784-400-20)")
+    t.add_argument("--latent-dim", type=positive_int, help="VAE latent size (default: vae 32, vae-mlp 20)")
     t.add_argument("--recipe", choices=tuple(RECIPES), help="default: dcgan; tutorial = the text taken literally")
     t.add_argument("--nz", type=positive_int, help="length of z (default: 100)")
-    t.add_argument("--width", type=positive_int, help="base width of G and D (default: 64)")
+    t.add_argument("--width", type=positive_int, help="base width of the conv nets (default: dcgan 64, vae 32)")
     t.add_argument("--init", choices=("normal", "pytorch"), help="weight init (overrides the recipe)")
     t.add_argument("--d-input-bn", action=argparse.BooleanOptionalAction,
                    help="BatchNorm on D's first block (overrides the recipe)")
     t.add_argument("--edge", choices=("4x4", "1x1"), help="G's first and D's last layer (overrides the recipe)")
-    t.add_argument("--lr", type=float, help="Adam learning rate (default: 2e-4)")
-    t.add_argument("--beta1", type=float, help="Adam beta1 (default: 0.5)")
+    t.add_argument("--lr", type=float, help="Adam learning rate (default: dcgan 2e-4, VAEs 1e-3)")
+    t.add_argument("--beta1", type=float, help="Adam beta1 (default: dcgan 0.5, VAEs 0.9)")
     t.add_argument("--beta2", type=float, help="Adam beta2 (overrides the recipe)")
     t.add_argument("--batch-size", type=positive_int, help="default: 128")
     t.add_argument("--epochs", type=positive_int, help="epochs in total, counted from the run's start (default: 10)")
@@ -75,6 +76,15 @@ def build_parser() -> Parser:
     s.add_argument("--grid", help="write a PNG grid instead")
     s.add_argument("--batch-size", type=positive_int, default=500)
     s.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+
+    e = sub.add_parser("eval-nll", help="a VAE run's test-set negative ELBO and IWAE bound, nats per image")
+    e.add_argument("run", help="run folder of a vae or vae-mlp run")
+    e.add_argument("--k", type=positive_int, default=1000, help="importance samples per image (default: 1000)")
+    e.add_argument("--n", type=positive_int, help="test images to use (default: all)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
 
 
@@ -115,8 +125,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     config, task, _, native = load_run(Path(args.run), device=args.device)
     # All of z at once from one seeded CPU generator: the same seed gives the same
     # images whatever the batch size or device.
-    z = torch.randn(n, config.nz, generator=torch.Generator().manual_seed(args.seed))
-    chunks = [to_native(task.generate(zb.to(task.device)), native).cpu() for zb in z.split(args.batch_size)]
+    z = task.noise(n, generator=torch.Generator().manual_seed(args.seed))
+    chunks = [to_native(task.generate(zb), native).cpu() for zb in z.split(args.batch_size)]
     images = torch.cat(chunks)
     try:
         if args.grid:
@@ -129,6 +139,21 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {n} images ({shape}, {images.shape[1]} channel{'s' if images.shape[1] > 1 else ''}) to {target}")
 
 
+def cmd_eval_nll(args: argparse.Namespace) -> None:
+    import json
+
+    from gankit.training.nll import evaluate_nll
+
+    result = evaluate_nll(Path(args.run), k=args.k, n=args.n, seed=args.seed, device=args.device,
+                          progress=args.progress)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{result['model']} at step {result['step']}, {result['images']} test images, nats per image:")
+    print(f"  negative ELBO       {result['neg_elbo']:9.2f}   (reconstruction {result['recon']:.2f} + KL {result['kl']:.2f})")
+    print(f"  IWAE bound, k={args.k:<5} {result['iwae_nll']:9.2f}   (an upper bound on -log p(x))")
+
+
 def main(argv: list[str] | None = None) -> int:
     from gankit.training.loop import Stopped
 
@@ -138,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        {"train": cmd_train, "sample": cmd_sample}[args.command](args)
+        {"train": cmd_train, "sample": cmd_sample, "eval-nll": cmd_eval_nll}[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -22,7 +22,17 @@ DEFAULT_RECIPE = "dcgan"
 RECIPE_FIELDS = ("init", "d_input_bn", "edge", "beta2")
 
 DATASETS = ("mnist", "fashion-mnist", "folder", "fake")
-MODELS = ("dcgan",)
+MODELS = ("dcgan", "vae", "vae-mlp")
+
+# Per-model defaults for the settings left as None. DCGAN: Adam lr 2e-4, beta1 0.5
+# (DCGAN paper, Sec. 4). VAEs: Adam 1e-3 with PyTorch's default betas, as in PyTorch's
+# classic VAE example; vae-mlp is that example (784-400-20). The conv VAE's width and
+# latent size: README "VAE" has the measurements.
+MODEL_DEFAULTS: dict[str, dict] = {
+    "dcgan": {"lr": 2e-4, "beta1": 0.5, "width": 64, "latent_dim": None},
+    "vae": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "width": 32, "latent_dim": 32},
+    "vae-mlp": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "width": None, "latent_dim": 20},
+}
 
 
 @dataclass
@@ -36,16 +46,17 @@ class TrainConfig:
 
     # The model (DESIGN.md: the tutorial's blocks; nz and width as in the DCGAN paper).
     model: str = "dcgan"
-    nz: int = 100
-    width: int = 64
+    nz: int = 100                     # GAN: length of z (DCGAN paper: 100)
+    latent_dim: int | None = None     # VAE: length of z
+    width: int | None = None          # base width of the conv nets (DCGAN: 64)
     recipe: str = DEFAULT_RECIPE
     init: str | None = None           # "normal" N(0, 0.02) | "pytorch" (PyTorch's default)
     d_input_bn: bool | None = None    # BatchNorm on D's first block
     edge: str | None = None           # "4x4": 1x1 <-> 4x4 with stride 1; "1x1": k4 s2 p1 all the way
 
     # The optimizer: Adam, lr and beta1 from the DCGAN paper (Sec. 4); beta2 from the recipe.
-    lr: float = 2e-4
-    beta1: float = 0.5
+    lr: float | None = None
+    beta1: float | None = None
     beta2: float | None = None
 
     # The run.
@@ -58,11 +69,16 @@ class TrainConfig:
     progress: bool = True
 
     def resolved(self) -> "TrainConfig":
-        """A copy with every recipe field filled in from the preset, explicit values winning."""
+        """A copy with every None filled in from the model's defaults and (for the DCGAN)
+        the recipe; explicit values always win."""
+        if self.model not in MODELS:
+            raise UserError(f"unknown model '{self.model}'; use one of: {', '.join(MODELS)}")
         if self.recipe not in RECIPES:
             raise UserError(f"unknown recipe '{self.recipe}'; use one of: {', '.join(RECIPES)}")
-        preset = RECIPES[self.recipe]
-        values = {k: (getattr(self, k) if getattr(self, k) is not None else preset[k]) for k in RECIPE_FIELDS}
+        defaults = dict(MODEL_DEFAULTS[self.model])
+        if self.model == "dcgan":
+            defaults.update(RECIPES[self.recipe])
+        values = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **values)
 
     def to_dict(self) -> dict:
@@ -86,7 +102,7 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"unknown dataset '{config.dataset}'; use one of: {', '.join(DATASETS)}")
     if config.model not in MODELS:
         raise UserError(f"unknown model '{config.model}'; use one of: {', '.join(MODELS)}")
-    for name in ("epochs", "batch_size", "max_steps", "nz", "width", "fake_size", "lr"):
+    for name in ("epochs", "batch_size", "max_steps", "nz", "width", "latent_dim", "fake_size", "lr"):
         positive(name, getattr(config, name))
     if config.image_size is not None and config.image_size not in IMAGE_SIZES:
         raise UserError(

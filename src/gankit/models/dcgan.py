@@ -46,10 +46,13 @@ def _widths(image_size: int, width: int, edge: str) -> list[tuple[int, int]]:
 
 
 class Generator(nn.Module):
-    """z (N, nz) or (N, nz, 1, 1) -> image (N, C, S, S) in [-1, 1]."""
+    """z (N, nz) or (N, nz, 1, 1) -> image (N, C, S, S) in [-1, 1].
+
+    ``tanh=False`` gives raw per-pixel logits instead (with a bias): the VAE's decoder.
+    """
 
     def __init__(self, *, image_size: int = 32, channels: int = 1, nz: int = 100,
-                 width: int = 64, edge: str = "4x4"):
+                 width: int = 64, edge: str = "4x4", tanh: bool = True):
         super().__init__()
         check_image_size(image_size)
         self.nz = nz
@@ -69,7 +72,9 @@ class Generator(nn.Module):
                 nn.ReLU(inplace=True),
             ]
         # Output layer: no BatchNorm (paper, Sec. 3), tanh to land in [-1, 1].
-        layers += [nn.ConvTranspose2d(maps[-1][1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+        layers.append(nn.ConvTranspose2d(maps[-1][1], channels, 4, 2, 1, bias=not tanh))
+        if tanh:
+            layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -77,10 +82,13 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image (N, C, S, S) in [-1, 1] -> logits (N,). No sigmoid: the loss is BCEWithLogits."""
+    """image (N, C, S, S) in [-1, 1] -> logits (N,). No sigmoid: the loss is BCEWithLogits.
+
+    ``out_dim > 1`` gives (N, out_dim) with a bias instead: the VAE's encoder (mu, logvar).
+    """
 
     def __init__(self, *, image_size: int = 32, channels: int = 1, width: int = 64,
-                 edge: str = "4x4", d_input_bn: bool = False):
+                 edge: str = "4x4", d_input_bn: bool = False, out_dim: int = 1):
         super().__init__()
         check_image_size(image_size)
         maps = list(reversed(_widths(image_size, width, edge)))  # largest resolution first
@@ -95,14 +103,17 @@ class Discriminator(nn.Module):
                 nn.LeakyReLU(0.2, inplace=True),
             ]
         # Last layer: 4x4 -> 1x1 (stride 1) or 2x2 -> 1x1 (k4 s2 p1); one logit per image.
+        bias = out_dim > 1
         if edge == "4x4":
-            layers.append(nn.Conv2d(maps[-1][1], 1, 4, 1, 0, bias=False))
+            layers.append(nn.Conv2d(maps[-1][1], out_dim, 4, 1, 0, bias=bias))
         else:
-            layers.append(nn.Conv2d(maps[-1][1], 1, 4, 2, 1, bias=False))
+            layers.append(nn.Conv2d(maps[-1][1], out_dim, 4, 2, 1, bias=bias))
         self.net = nn.Sequential(*layers)
+        self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).view(-1)  # (N, 1, 1, 1) -> (N,)
+        out = self.net(x).flatten(1)  # (N, out_dim, 1, 1) -> (N, out_dim)
+        return out.view(-1) if self.out_dim == 1 else out
 
 
 def dcgan_init(module: nn.Module) -> None:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from gankit.config import TrainConfig
+from gankit.models import eval_mode
 from gankit.models.dcgan import Discriminator, Generator, dcgan_init
 
 
@@ -92,9 +93,13 @@ class GanTask:
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] from z, with BatchNorm in eval mode: an image depends on its
         own z only, not on the rest of the batch."""
-        was_training = self.generator.training
-        self.generator.eval()
-        try:
+        with eval_mode(self.generator):
             return self.generator(z)
-        finally:
-            self.generator.train(was_training)
+
+    def pictures(self, fixed_z: torch.Tensor, shown: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-epoch grids, in [-1, 1]: the fixed noise's images."""
+        return {"fake": self.generate(fixed_z)}
+
+    def evaluate(self, test: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
+        """Per-epoch test figures: none for a GAN here (the evaluator judges samples)."""
+        return {}

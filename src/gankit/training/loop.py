@@ -1,8 +1,10 @@
 """The training loop: epochs, batches, logging, pictures, checkpoints and resume.
 
 It reads top to bottom as one run. The model-specific part is a task object
-(gankit.training.gan.GanTask) with `modules`, `optimizers`, `step(batch)`,
-`noise(n, generator)` and `generate(z)`; the loop knows nothing else about it.
+(gankit.training.gan.GanTask, gankit.training.vae.VaeTask) with `modules`,
+`optimizers`, `metric_names`, `step(batch)`, `noise(n, generator)`, `generate(z)`,
+`pictures(fixed_z, shown)` and `evaluate(test, generator)`; the loop knows nothing
+else about it.
 
 Exact resume: the batch order of epoch e is a permutation seeded by (seed, e), so
 the position inside an epoch follows from the step count alone; the global RNG
@@ -31,6 +33,7 @@ from gankit.config import TrainConfig, validate
 from gankit.data import ImageData, default_image_size, load_dataset, to_model, to_native
 from gankit.errors import UserError
 from gankit.training.gan import GanTask
+from gankit.training.vae import VaeTask
 
 GRID = 64  # images in the per-epoch grids: 8x8, as in the tutorial
 
@@ -63,14 +66,17 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def build_task(config: TrainConfig, channels: int, device: torch.device) -> GanTask:
-    return GanTask(config, channels=channels, device=device)
+def build_task(config: TrainConfig, channels: int, device: torch.device, native_size: int):
+    if config.model == "dcgan":
+        return GanTask(config, channels=channels, device=device)
+    return VaeTask(config, channels=channels, device=device, native_size=native_size)
 
 
-def make_task(config: TrainConfig, channels: int, device: torch.device, state: dict | None = None):
+def make_task(config: TrainConfig, channels: int, device: torch.device, native_size: int,
+              state: dict | None = None):
     """Build the task with its seeded initial weights, then load `state` into it if given."""
     torch.manual_seed(config.seed)
-    task = build_task(config, channels, device)
+    task = build_task(config, channels, device, native_size)
     if state is not None:
         try:
             for name, module in task.modules.items():
@@ -89,11 +95,11 @@ def resolve_data_config(config: TrainConfig, data: ImageData) -> TrainConfig:
     """Fill in the sizes that depend on the data, so config.json says what really ran."""
     import dataclasses
 
-    return dataclasses.replace(
-        config,
-        image_size=config.image_size or default_image_size(config.dataset),
-        channels=data.channels,
-    )
+    if config.model == "vae-mlp":  # an MLP sees the native pixels, no padding
+        size = data.native_size
+    else:
+        size = config.image_size or default_image_size(config.dataset)
+    return dataclasses.replace(config, image_size=size, channels=data.channels)
 
 
 @contextmanager
@@ -176,7 +182,15 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
     config.out = str(out)
     prepare_out(out, resuming=resume is not None)
 
-    task = make_task(config, data.channels, device, resume)
+    task = make_task(config, data.channels, device, data.native_size, resume)
+    # Held-out images for the per-epoch test figures and reconstruction grids, where the
+    # dataset has a test split; folders have none and use training images for pictures.
+    test = None
+    if config.dataset != "folder":
+        test = load_dataset(config.dataset, split="test", data_dir=config.data_dir,
+                            image_size=config.image_size, channels=config.channels,
+                            fake_size=max(config.fake_size // 4, 32), seed=config.seed, log=log)
+    shown = to_model((test if test is not None else data).images[:32].to(device), config.image_size)
     steps_per_epoch = len(data) // config.batch_size  # last partial batch dropped: fixed shapes
     total = config.epochs * steps_per_epoch
     if config.max_steps:
@@ -215,7 +229,8 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
     if step >= total:
         log(f"nothing to do: '{out}' is at step {step} of {total}; pass --epochs with a larger number to go on")
         return out
-    log(f"training {config.model} ({config.recipe} recipe) on {config.dataset}: {len(data)} images, "
+    recipe = f" ({config.recipe} recipe)" if config.model == "dcgan" else ""
+    log(f"training {config.model}{recipe} on {config.dataset}: {len(data)} images, "
         f"{steps_per_epoch} steps per epoch, {device}, run folder {out}")
 
     bar = None
@@ -240,25 +255,29 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                 bar.update(1)
                 if step % 25 == 0 or step % steps_per_epoch == 0:
                     seconds = time.perf_counter() - epoch_clock
-                    bar.set_postfix(loss_d=f"{float(metrics['loss_d']):.3f}", loss_g=f"{float(metrics['loss_g']):.3f}",
-                                    img_s=f"{sums['steps'] * config.batch_size / max(seconds, 1e-9):.0f}")
+                    shown_now = {k: f"{float(metrics[k]):.3f}" for k in task.metric_names[:2]}
+                    bar.set_postfix(**shown_now, img_s=f"{sums['steps'] * config.batch_size / max(seconds, 1e-9):.0f}")
 
             if step % steps_per_epoch == 0:  # end of an epoch
                 bar.close()
                 sums["seconds"] = time.perf_counter() - epoch_clock
                 record = epoch_record(epoch + 1, step, sums, config.batch_size)
                 if not all(math.isfinite(record[k]) for k in task.metric_names):
-                    raise Diverged(f"training diverged in epoch {epoch + 1} (step {step}): "
-                                   f"loss_d={record['loss_d']}, loss_g={record['loss_g']}; the last checkpoint "
-                                   "is kept; lower --lr or change the recipe")
-                fake = to_native(task.generate(fixed_z), data.native_size)
-                sampling.save_grid(fake, out / "samples" / f"fake_epoch_{epoch + 1:03d}.png", nrow=8)
+                    losses = ", ".join(f"{k}={record[k]}" for k in task.metric_names)
+                    raise Diverged(f"training diverged in epoch {epoch + 1} (step {step}): {losses}; "
+                                   "the last checkpoint is kept; lower --lr or change the recipe")
+                if test is not None:
+                    eval_rng = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+                    record.update(task.evaluate(test.images, eval_rng))
+                for name, pics in task.pictures(fixed_z, shown).items():
+                    sampling.save_grid(to_native(pics, data.native_size),
+                                       out / "samples" / f"{name}_epoch_{epoch + 1:03d}.png", nrow=8)
                 sums = {}
                 checkpoint()
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
-                log(f"epoch {epoch + 1}: " + ", ".join(f"{k} {record[k]:.4g}" for k in
-                                                      ("loss_d", "loss_g", "d_real", "d_fake", "images_per_s")))
+                log(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()
+                                                      if k not in ("epoch", "step", "seconds")))
             if stop and step < total:
                 break
     if step % steps_per_epoch != 0:  # stopped inside an epoch: keep the epoch's running sums
@@ -296,8 +315,9 @@ def load_run(run: Path, device: str = "cpu"):
         raise UserError(f"checkpoint in '{run}' has an unreadable config ({e})") from None
     config.device = device
     dev = pick_device(device)
-    task = make_task(config, config.channels, dev, state)
-    return config, task, state, int(state.get("native_size", config.image_size))
+    native = int(state.get("native_size", config.image_size))
+    task = make_task(config, config.channels, dev, native, state)
+    return config, task, state, native
 
 
 def resume_state(run: Path) -> tuple[TrainConfig, dict]:
