@@ -126,3 +126,14 @@ def test_real_mnist_run_gives_28x28_samples(tmp_path):
     assert Image.open(run / "samples" / "real.png").size == (8 * 30 + 2, 8 * 30 + 2)  # 28 px + 2 px gaps
     assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.npz")]) == 0
     assert np.load(tmp_path / "s.npz")["images"].shape == (4, 28, 28)
+
+
+def test_resume_drops_metric_lines_the_checkpoint_has_not_seen(tmp_path, tiny_args):
+    """A crash after a metrics line but before its checkpoint must not leave duplicates."""
+    run = tmp_path / "run"
+    assert main(["train", *tiny_args, "--epochs", "1", "--out", str(run)]) == 0
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 2, "step": 8}) + "\n" + '{"epoch": 3, "st')  # written, then a crash
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["epoch"] for ln in lines] == [1, 2] and "loss_d" in lines[1]

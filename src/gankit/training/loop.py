@@ -133,8 +133,13 @@ def _trim_metrics(path: Path, step: int) -> None:
     """Keep only the metric lines a checkpoint at `step` has seen (a crash may leave more)."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:  # a line cut short by a crash
+            continue
     sampling._write_atomic(path, "".join(ln + "\n" for ln in kept).encode())
 
 
@@ -285,7 +290,7 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
             bar.close()
         sums["seconds"] = time.perf_counter() - epoch_clock
         checkpoint()
-    if stop:
+    if stop and step < total:
         raise Stopped(stop[0], f"stopped by {signal.Signals(stop[0]).name} at step {step}; checkpoint saved; "
                       f"resume with: gankit train --resume {out}")
     log(f"done: {step} steps in {time.perf_counter() - session_start:.1f} s; run folder {out}")
