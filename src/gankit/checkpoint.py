@@ -6,7 +6,8 @@ the config and the gankit version.
 
 Writing: to a temporary file in the same folder, flushed and fsynced, then renamed
 over last.pt (a rename within one file system is atomic). The previous last.pt
-becomes prev.pt first, so a crash at any moment leaves a complete checkpoint.
+is kept as prev.pt (a hard link, made before the rename), so at every moment last.pt
+is a complete checkpoint, and prev.pt the one before it.
 """
 
 from __future__ import annotations
@@ -33,12 +34,45 @@ def save_checkpoint(state: dict, folder: Path) -> Path:
             os.fsync(f.fileno())
         last = folder / LAST
         if last.exists():
-            os.replace(last, folder / PREV)
+            keep_previous(last, folder / PREV)
         os.replace(tmp, last)
+        _fsync_dir(folder)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return last
+
+
+def keep_previous(last: Path, prev: Path) -> None:
+    """prev.pt becomes a second name of the current last.pt, so last.pt never goes missing;
+    where hard links are not supported, last.pt is renamed (a moment with only prev.pt)."""
+    link = prev.with_name(".prev-link.tmp")
+    try:
+        link.unlink(missing_ok=True)
+        os.link(last, link)
+        os.replace(link, prev)
+    except OSError:
+        os.replace(last, prev)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames themselves durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Temporary files left by a save that was killed halfway; never a complete checkpoint."""
+    for tmp in [*folder.glob(".last-*.tmp"), *folder.glob(".prev-link.tmp")]:
+        tmp.unlink(missing_ok=True)
 
 
 def find_checkpoint(run: Path) -> Path:

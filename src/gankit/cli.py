@@ -15,7 +15,7 @@ from gankit.config import DATASETS, MODELS, RECIPES, TrainConfig
 from gankit.errors import UserError
 
 # Settings that may change when a run is resumed; everything else comes from its checkpoint.
-RESUME_OVERRIDES = ("epochs", "max_steps", "device", "progress", "data_dir")
+RESUME_OVERRIDES = ("epochs", "max_steps", "device", "progress", "data_dir", "save_every")
 
 
 class Parser(argparse.ArgumentParser):
@@ -66,6 +66,8 @@ def build_parser() -> Parser:
     t.add_argument("--seed", type=int, help="default: 0")
     t.add_argument("--device", help="auto, cpu or cuda (default: auto)")
     t.add_argument("--out", help="run folder (default: runs/<model>-<dataset>, numbered when taken)")
+    t.add_argument("--save-every", help="checkpoint every N steps (500) or N minutes (10m); 0: epoch ends "
+                   "only (default: 10m)")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     s = sub.add_parser("sample", help="generate images from a trained run")

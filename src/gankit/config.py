@@ -67,6 +67,9 @@ class TrainConfig:
     device: str = "auto"
     out: str | None = None
     progress: bool = True
+    # Checkpoint also inside epochs: every N steps ("500") or every N minutes ("10m");
+    # "0" saves at epoch ends only. 10 minutes bounds what a crash can cost on a slow CPU.
+    save_every: str = "10m"
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None filled in from the model's defaults and (for the DCGAN)
@@ -104,6 +107,8 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"unknown model '{config.model}'; use one of: {', '.join(MODELS)}")
     for name in ("epochs", "batch_size", "max_steps", "nz", "width", "latent_dim", "fake_size", "lr"):
         positive(name, getattr(config, name))
+    if config.lr is not None and not config.lr <= 10:  # also refuses inf and nan
+        raise UserError(f"--lr {config.lr} is far beyond any learning rate that trains; use a value like 2e-4")
     if config.image_size is not None and config.image_size not in IMAGE_SIZES:
         raise UserError(
             f"--image-size {config.image_size} is not supported: use a power of two from "
@@ -121,5 +126,22 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"--edge must be '4x4' or '1x1', got '{config.edge}'")
     if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
         raise UserError(f"--device must be auto, cpu or cuda, got '{config.device}'")
+    parse_save_every(config.save_every)
     if config.dataset == "folder" and not config.data_dir:
         raise UserError("--dataset folder needs --data-dir pointing at a folder of PNG/JPEG images")
+
+
+def parse_save_every(text: str) -> tuple[int, float]:
+    """"500" -> (500 steps, 0 s); "10m" -> (0 steps, 600 s); "0" -> (0, 0): epoch ends only."""
+    value = str(text).strip().lower()
+    try:
+        if value.endswith(("m", "min")):
+            minutes = float(value.rstrip("min"))
+            if minutes > 0:
+                return 0, minutes * 60.0
+        elif int(value) >= 0:
+            return int(value), 0.0
+    except ValueError:
+        pass
+    raise UserError(f"--save-every '{text}' is not a step count (500) or minutes (10m); "
+                    "use 0 to save at epoch ends only")

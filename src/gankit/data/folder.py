@@ -10,6 +10,7 @@ the label, as in torchvision's ImageFolder; otherwise labels are -1.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,11 @@ def list_images(root: Path) -> list[Path]:
 
 def load_image(path: Path, size: int, channels: int) -> np.ndarray:
     """(size, size, channels) uint8: centre crop to a square, then resize."""
-    with Image.open(path) as img:
+    with warnings.catch_warnings():
+        # Pillow warns between 1x and 2x its pixel limit and raises above 2x; refuse both.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    with img:
         img = img.convert("RGB" if channels == 3 else "L")
         w, h = img.size
         side = min(w, h)
@@ -51,7 +56,7 @@ def load_folder(root: Path, *, size: int, channels: int = 3, log=None):
         try:
             arrays.append(load_image(path, size, channels))
             kept.append(path)
-        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
             skipped += 1  # unreadable, truncated, not an image, or too large to be safe
     if skipped:
         log(f"warning: skipped {skipped} of {len(paths)} files under '{root}' that could not be read as images")

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 import gankit
 from gankit import sampling
-from gankit.checkpoint import load_checkpoint, save_checkpoint
-from gankit.config import TrainConfig, validate
+from gankit.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint
+from gankit.config import TrainConfig, parse_save_every, validate
 from gankit.data import ImageData, default_image_size, load_dataset, to_model, to_native
 from gankit.errors import UserError
 from gankit.training.gan import GanTask
@@ -78,17 +78,37 @@ def make_task(config: TrainConfig, channels: int, device: torch.device, native_s
     torch.manual_seed(config.seed)
     task = build_task(config, channels, device, native_size)
     if state is not None:
-        try:
-            for name, module in task.modules.items():
-                module.load_state_dict(state["modules"][name])
-            for name, opt in task.optimizers.items():
-                if "optimizers" in state:
-                    opt.load_state_dict(state["optimizers"][name])
-        except (KeyError, RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise UserError(f"checkpoint does not fit the model its config describes ({first}); "
-                            "was it written by another version of gankit?") from None
+        load_states(task, state, config)
     return task
+
+
+SHAPE_SETTINGS = ("model", "image_size", "channels", "nz", "latent_dim", "width", "edge", "d_input_bn")
+
+
+def load_states(task, state: dict, config: TrainConfig) -> None:
+    """Load a checkpoint's states into a task, or say which part does not fit."""
+    settings = ", ".join(f"{k}={getattr(config, k)}" for k in SHAPE_SETTINGS if getattr(config, k) is not None)
+    saved = state.get("modules", {})
+    for name, module in task.modules.items():
+        if name not in saved:
+            raise UserError(f"checkpoint holds no '{name}' weights (it holds: {', '.join(saved) or 'none'}); "
+                            f"it is not a {config.model} checkpoint")
+        own = module.state_dict()
+        for key, value in saved[name].items():
+            if key in own and tuple(own[key].shape) != tuple(value.shape):
+                raise UserError(f"checkpoint does not fit its config ({settings}): {name}.{key} has shape "
+                                f"{tuple(value.shape)} in the file but {tuple(own[key].shape)} for these settings")
+        try:
+            module.load_state_dict(saved[name])
+        except (RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0][:200]
+            raise UserError(f"checkpoint does not fit its config ({settings}): {first}") from None
+    for name, opt in task.optimizers.items():
+        try:
+            opt.load_state_dict(state["optimizers"][name])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise UserError(f"checkpoint's optimizer state for '{name}' does not fit ({type(e).__name__}: "
+                            f"{str(e)[:120]})") from None
 
 
 def resolve_data_config(config: TrainConfig, data: ImageData) -> TrainConfig:
@@ -207,6 +227,7 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
         if device.type == "cuda" and resume["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
         _trim_metrics(out / "metrics.jsonl", step)
+        remove_stale_temps(out / "checkpoints")
     _write_json(out / "config.json", config.to_dict())
 
     images = data.images.to(device)  # uint8; scaled per batch on the device
@@ -215,10 +236,19 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
         pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))[:GRID]
         sampling.save_grid(data.images[pick], out / "samples" / "real.png", nrow=8)
 
+    def check_finite() -> None:
+        """Stop before a non-finite loss reaches a checkpoint: the last good one stays."""
+        bad = {k: float(sums[k]) for k in task.metric_names if k in sums and not math.isfinite(float(sums[k]))}
+        if bad:
+            losses = ", ".join(f"{k}={v}" for k, v in bad.items())
+            raise Diverged(f"training diverged at step {step} (epoch {step // steps_per_epoch + 1}): {losses}; "
+                           f"the last good checkpoint in '{out}/checkpoints' is kept; lower --lr or change the recipe")
+
     def checkpoint() -> None:
+        check_finite()
         rng = {"cpu": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        save_checkpoint({
+        state = {
             "gankit_version": gankit.__version__,
             "kind": config.model,
             "config": config.to_dict(),
@@ -229,7 +259,13 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
             "optimizers": {k: o.state_dict() for k, o in task.optimizers.items()},
             "rng": rng,
             "epoch_sums": {k: float(v) for k, v in sums.items()},
-        }, out / "checkpoints")
+        }
+        try:
+            save_checkpoint(state, out / "checkpoints")
+        except OSError as e:
+            raise UserError(f"cannot save a checkpoint in '{out}/checkpoints' ({e.strerror or e}); "
+                            "the previous checkpoint is kept; free disk space or make the folder writable, "
+                            "then resume") from None
 
     if step >= total:
         log(f"nothing to do: '{out}' is at step {step} of {total}; pass --epochs with a larger number to go on")
@@ -238,6 +274,10 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
     log(f"training {config.model}{recipe} on {config.dataset}: {len(data)} images, "
         f"{steps_per_epoch} steps per epoch, {device}, run folder {out}")
 
+    if resume is None:
+        checkpoint()  # step 0: a run folder always holds a checkpoint that loads and resumes
+    save_steps, save_seconds = parse_save_every(config.save_every)
+    last_save = time.monotonic()
     bar = None
     perm = None
     session_start = time.perf_counter()
@@ -256,6 +296,8 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                 sums[k] = sums.get(k, 0.0) + v
             sums["steps"] = sums.get("steps", 0) + 1
             step += 1
+            if step % 25 == 0:
+                check_finite()  # reads the sums: one host sync per 25 steps, not per step
             if bar is not None:
                 bar.update(1)
                 if step % 25 == 0 or step % steps_per_epoch == 0:
@@ -267,10 +309,7 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                 bar.close()
                 sums["seconds"] = time.perf_counter() - epoch_clock
                 record = epoch_record(epoch + 1, step, sums, config.batch_size)
-                if not all(math.isfinite(record[k]) for k in task.metric_names):
-                    losses = ", ".join(f"{k}={record[k]}" for k in task.metric_names)
-                    raise Diverged(f"training diverged in epoch {epoch + 1} (step {step}): {losses}; "
-                                   "the last checkpoint is kept; lower --lr or change the recipe")
+                check_finite()
                 if test is not None:
                     eval_rng = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
                     record.update(task.evaluate(test.images, eval_rng))
@@ -279,10 +318,16 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                                        out / "samples" / f"{name}_epoch_{epoch + 1:03d}.png", nrow=8)
                 sums = {}
                 checkpoint()
+                last_save = time.monotonic()
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 log(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()
                                                       if k not in ("epoch", "step", "seconds")))
+            elif (save_steps and step % save_steps == 0) or \
+                    (save_seconds and time.monotonic() - last_save >= save_seconds):
+                sums["seconds"] = time.perf_counter() - epoch_clock
+                checkpoint()
+                last_save = time.monotonic()
             if stop and step < total:
                 break
     if step % steps_per_epoch != 0:  # stopped inside an epoch: keep the epoch's running sums
