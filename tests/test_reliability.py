@@ -239,3 +239,15 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     warnings = []
     data = load_folder(tmp_path, size=16, channels=1, log=warnings.append)
     assert len(data) == 1 and "skipped 2 of 3" in warnings[0]
+
+
+def test_second_sigint_aborts_at_once_and_leaves_the_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    proc = gankit("train", *TINY, "--epochs", "100000", "--save-every", "0", "--out", str(run))
+    wait_for(lambda: (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text())
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert load_checkpoint(find_checkpoint(run))["step"] >= 4
