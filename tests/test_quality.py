@@ -359,3 +359,10 @@ def test_precision_recall_rejects_bad_input():
         precision_recall(np.zeros((10, 2)), np.zeros((10, 3)), k=3)
     with pytest.raises(UserError):
         precision_recall(np.zeros((10, 2)), np.zeros((10, 2)), k=0)
+
+
+def test_precomputed_real_radii_give_the_same_answer():
+    from gankit.metrics.quality import knn_radii
+    rng = np.random.default_rng(3)
+    real, fake = rng.normal(size=(60, 4)), rng.normal(size=(50, 4)) + 0.5
+    assert precision_recall(real, fake, real_radii=knn_radii(real)) == precision_recall(real, fake)

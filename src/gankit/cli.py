@@ -15,7 +15,7 @@ from gankit.config import DATASETS, MODELS, RECIPES, TrainConfig
 from gankit.errors import UserError
 
 # Settings that may change when a run is resumed; everything else comes from its checkpoint.
-RESUME_OVERRIDES = ("epochs", "max_steps", "device", "progress", "data_dir", "save_every")
+RESUME_OVERRIDES = ("epochs", "max_steps", "device", "progress", "data_dir", "save_every", "eval_every")
 
 
 class Parser(argparse.ArgumentParser):
@@ -68,6 +68,9 @@ def build_parser() -> Parser:
     t.add_argument("--out", help="run folder (default: runs/<model>-<dataset>, numbered when taken)")
     t.add_argument("--save-every", help="checkpoint every N steps (500) or N minutes (10m); 0: epoch ends "
                    "only (default: 10m)")
+    t.add_argument("--eval-every", type=int, help="judge samples (FID, KID, modes, ...) every E epochs and at "
+                   "the end; 0: never (default: at the end; mnist, fashion-mnist, stacked-mnist)")
+    t.add_argument("--stacked-size", type=positive_int, help="images in stacked-mnist (default: 60000)")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     s = sub.add_parser("sample", help="generate images from a trained run")
@@ -78,6 +81,16 @@ def build_parser() -> Parser:
     s.add_argument("--grid", help="write a PNG grid instead")
     s.add_argument("--batch-size", type=positive_int, default=500)
     s.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+
+    j = sub.add_parser("eval", help="judge samples: FID, KID, classifier score, precision/recall, modes")
+    j.add_argument("target", help="a run folder, or a .npz from `gankit sample`")
+    j.add_argument("--dataset", help="the data the samples imitate (a run knows its own; .npz default: mnist)")
+    j.add_argument("--data-dir", help="where the data is (a run knows its own)")
+    j.add_argument("--n", type=positive_int, default=10000, help="samples to draw from a run (default: 10000)")
+    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    j.add_argument("--json", action="store_true", help="print one JSON object")
+    j.add_argument("--no-progress", dest="progress", action="store_false")
 
     e = sub.add_parser("eval-nll", help="a VAE run's test-set negative ELBO and IWAE bound, nats per image")
     e.add_argument("run", help="run folder of a vae or vae-mlp run")
@@ -112,10 +125,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    import torch
-
     from gankit import sampling
-    from gankit.data import to_native
     from gankit.training.loop import load_run
 
     if args.grid and args.out:
@@ -125,11 +135,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise UserError(f"folder '{target.parent}' does not exist; create it or pick another path")
     n = args.n or (64 if args.grid else 10000)
     config, task, _, native = load_run(Path(args.run), device=args.device)
-    # All of z at once from one seeded CPU generator: the same seed gives the same
-    # images whatever the batch size or device.
-    z = task.noise(n, generator=torch.Generator().manual_seed(args.seed))
-    chunks = [to_native(task.generate(zb), native).cpu() for zb in z.split(args.batch_size)]
-    images = torch.cat(chunks)
+    images = sampling.generate(task, n, seed=args.seed, native=native, batch_size=args.batch_size)
     try:
         if args.grid:
             sampling.save_grid(images, target)
@@ -139,6 +145,47 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise UserError(f"cannot write '{target}' ({e.strerror}); pick a writable path") from None
     shape = "x".join(map(str, images.shape[2:]))
     print(f"wrote {n} images ({shape}, {images.shape[1]} channel{'s' if images.shape[1] > 1 else ''}) to {target}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    import json
+
+    import numpy as np
+    import torch
+
+    from gankit import sampling
+    from gankit.metrics.judge import judge
+    from gankit.training.loop import load_run
+
+    target = Path(args.target)
+    if target.suffix == ".npz":
+        if not target.is_file():
+            raise UserError(f"'{target}' does not exist; write one with `gankit sample RUN --out {target}`")
+        try:
+            array = np.load(target)["images"]
+        except Exception as e:  # not a zip, no 'images', a pickle: all the same to the user
+            raise UserError(f"'{target}' is not a gankit samples file ({type(e).__name__}); "
+                            "it needs a uint8 array 'images'") from None
+        images = torch.from_numpy(array)
+        images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+        dataset, data_dir = args.dataset or "mnist", args.data_dir
+    else:
+        config, task, _, native = load_run(target, device=args.device)
+        images = sampling.generate(task, args.n, seed=args.seed, native=native)
+        dataset, data_dir = args.dataset or config.dataset, args.data_dir or config.data_dir
+    result = judge(images.contiguous(), dataset, data_dir, seed=args.seed, progress=args.progress)
+    if args.json:
+        print(json.dumps(result))
+        return
+    floor = result["floor"]
+    print(f"{result['n']} samples of {dataset} against its test split; floor: {result['n']} real training images")
+    print(f"  {'metric':<18}{'samples':>12}{'real floor':>12}")
+    rows = [("FID", "fid", ".3f"), ("KID", "kid", ".5f"), ("classifier score", "classifier_score", ".3f"),
+            ("precision", "precision", ".3f"), ("recall", "recall", ".3f"), ("modes", "modes", "d"),
+            ("KL to uniform", "kl_to_uniform", ".4f")]
+    for label, key, fmt in rows:
+        print(f"  {label:<18}{result[key]:>12{fmt}}{floor[key]:>12{fmt}}")
+    print(f"  (modes of {result['num_classes']}; KID ± {result['kid_std']:.5f})")
 
 
 def cmd_eval_nll(args: argparse.Namespace) -> None:
@@ -165,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        {"train": cmd_train, "sample": cmd_sample, "eval-nll": cmd_eval_nll}[args.command](args)
+        {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "eval-nll": cmd_eval_nll}[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -21,7 +21,7 @@ RECIPES: dict[str, dict] = {
 DEFAULT_RECIPE = "dcgan"
 RECIPE_FIELDS = ("init", "d_input_bn", "edge", "beta2")
 
-DATASETS = ("mnist", "fashion-mnist", "folder", "fake")
+DATASETS = ("mnist", "fashion-mnist", "stacked-mnist", "folder", "fake")
 MODELS = ("dcgan", "vae", "vae-mlp")
 
 # Per-model defaults for the settings left as None. DCGAN: Adam lr 2e-4, beta1 0.5
@@ -43,6 +43,7 @@ class TrainConfig:
     image_size: int | None = None     # None: 32 for MNIST-like 28x28 data (padded), else 64
     channels: int | None = None       # None: from the data (1 for MNIST; folder images: 3)
     fake_size: int = 1024             # images in the `fake` dataset (smoke tests)
+    stacked_size: int = 60000         # images in stacked-mnist's train split (VEEGAN/PacGAN: 128k; 60k = MNIST's size)
 
     # The model (DESIGN.md: the tutorial's blocks; nz and width as in the DCGAN paper).
     model: str = "dcgan"
@@ -67,6 +68,9 @@ class TrainConfig:
     device: str = "auto"
     out: str | None = None
     progress: bool = True
+    # Judge samples with the evaluator (FID, KID, modes, ...; mnist, fashion-mnist,
+    # stacked-mnist) every E epochs and at the end; 0: never. None: at the end only.
+    eval_every: int | None = None
     # Checkpoint also inside epochs: every N steps ("500") or every N minutes ("10m");
     # "0" saves at epoch ends only. 10 minutes bounds what a crash can cost on a slow CPU.
     save_every: str = "10m"
@@ -105,7 +109,7 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"unknown dataset '{config.dataset}'; use one of: {', '.join(DATASETS)}")
     if config.model not in MODELS:
         raise UserError(f"unknown model '{config.model}'; use one of: {', '.join(MODELS)}")
-    for name in ("epochs", "batch_size", "max_steps", "nz", "width", "latent_dim", "fake_size", "lr"):
+    for name in ("epochs", "batch_size", "max_steps", "nz", "width", "latent_dim", "fake_size", "stacked_size", "lr"):
         positive(name, getattr(config, name))
     if config.lr is not None and not config.lr <= 10:  # also refuses inf and nan
         raise UserError(f"--lr {config.lr} is far beyond any learning rate that trains; use a value like 2e-4")

@@ -62,3 +62,14 @@ def save_npz(images: torch.Tensor, path: Path) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, images=to_array(images))
     _write_atomic(Path(path), buf.getvalue())
+
+
+def generate(task, n: int, *, seed: int, native: int, batch_size: int = 500) -> torch.Tensor:
+    """n images, uint8 (n, C, native, native) on the CPU, from a trained task.
+
+    All of z comes at once from one seeded CPU generator, so the same seed gives the
+    same images whatever the batch size or device."""
+    from gankit.data import to_native
+
+    z = task.noise(n, generator=torch.Generator().manual_seed(seed))
+    return torch.cat([to_native(task.generate(zb), native).cpu() for zb in z.split(batch_size)])

@@ -47,6 +47,7 @@ __all__ = [
     "kid",
     "classifier_score",
     "precision_recall",
+    "knn_radii",
 ]
 
 # --------------------------------------------------------------------------- defaults
@@ -322,8 +323,14 @@ def _inside_any_ball(queries: Tensor, centres: Tensor, radii: Tensor) -> Tensor:
     return inside
 
 
+def knn_radii(features: np.ndarray | Tensor, k: int = PR_K) -> Tensor:
+    """The k-NN radii of a reference set, to pass to precision_recall when one real set
+    is compared with several fake sets (the radii are the costly part)."""
+    return _knn_radii(_as_tensor64(features, "features", min_rows=int(k) + 1), int(k))
+
+
 def precision_recall(real_features: np.ndarray | Tensor, fake_features: np.ndarray | Tensor,
-                     k: int = PR_K) -> tuple[float, float]:
+                     k: int = PR_K, *, real_radii: Tensor | None = None) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019), as (precision, recall).
 
     Each real sample defines a hypersphere around it whose radius is the
@@ -348,6 +355,8 @@ def precision_recall(real_features: np.ndarray | Tensor, fake_features: np.ndarr
             f"({real.shape[1]} vs {fake.shape[1]})"
         )
     with torch.no_grad():
-        precision = _inside_any_ball(fake, real, _knn_radii(real, k)).double().mean()
+        if real_radii is None:
+            real_radii = _knn_radii(real, k)
+        precision = _inside_any_ball(fake, real, real_radii).double().mean()
         recall = _inside_any_ball(real, fake, _knn_radii(fake, k)).double().mean()
     return float(precision), float(recall)

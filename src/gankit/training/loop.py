@@ -198,7 +198,7 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
     # Data first: a missing dataset must fail before anything is written.
     data = load_dataset(config.dataset, split="train", data_dir=config.data_dir,
                         image_size=config.image_size, channels=config.channels,
-                        fake_size=config.fake_size, seed=config.seed, log=log)
+                        fake_size=config.fake_size, stacked_size=config.stacked_size, seed=config.seed, log=log)
     config = resolve_data_config(config, data)
     if config.batch_size > len(data):
         raise UserError(f"--batch-size {config.batch_size} is larger than the dataset "
@@ -313,6 +313,8 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                 if test is not None:
                     eval_rng = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
                     record.update(task.evaluate(test.images, eval_rng))
+                if wants_eval(config, epoch + 1, last=step == total):
+                    record.update(judge_samples(task, config, data.native_size, log))
                 for name, pics in task.pictures(fixed_z, shown).items():
                     sampling.save_grid(to_native(pics, data.native_size),
                                        out / "samples" / f"{name}_epoch_{epoch + 1:03d}.png", nrow=8)
@@ -322,7 +324,8 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 log(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()
-                                                      if k not in ("epoch", "step", "seconds")))
+                                                      if k not in ("epoch", "step", "seconds")
+                                                      and isinstance(v, (int, float))))
             elif (save_steps and step % save_steps == 0) or \
                     (save_seconds and time.monotonic() - last_save >= save_seconds):
                 sums["seconds"] = time.perf_counter() - epoch_clock
@@ -340,6 +343,28 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                       f"resume with: gankit train --resume {out}")
     log(f"done: {step} steps in {time.perf_counter() - session_start:.1f} s; run folder {out}")
     return out
+
+
+EVAL_SAMPLES = 10000
+
+
+def wants_eval(config: TrainConfig, epoch: int, last: bool) -> bool:
+    """--eval-every E: every E epochs and at the end; None: at the end only; 0: never."""
+    from gankit.metrics.judge import JUDGED
+
+    if config.dataset not in JUDGED or config.eval_every == 0:
+        return False
+    return last or bool(config.eval_every and epoch % config.eval_every == 0)
+
+
+def judge_samples(task, config: TrainConfig, native: int, log) -> dict:
+    """The evaluator's figures for EVAL_SAMPLES fresh samples, as `eval_*` metrics."""
+    from gankit.metrics.judge import judge
+
+    images = sampling.generate(task, EVAL_SAMPLES, seed=config.seed, native=native)
+    result = judge(images, config.dataset, config.data_dir, seed=config.seed, floor=False,
+                   progress=config.progress)
+    return {f"eval_{k}": v for k, v in result.items() if k not in ("n", "num_classes")}
 
 
 def epoch_record(epoch: int, step: int, sums: dict, batch_size: int) -> dict:

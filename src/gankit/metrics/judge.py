@@ -1,0 +1,88 @@
+"""How good are the samples? Every figure of `gankit eval`, next to the real-data floor.
+
+Pipeline, for generated images and, as the floor, for as many real training images:
+  images --evaluator--> features (N, 128) and class probabilities (N, 10)
+         --quality-->   FID and KID against the test split, classifier score,
+                        precision and recall (k=3) against the test split
+         --evaluator--> class histogram, modes covered, KL to uniform.
+
+Stacked MNIST (three digits in R, G, B) is judged channel by channel with the MNIST
+evaluator: the class is 100 r + 10 g + b (1000 modes) and the features are the three
+channels' features side by side.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from gankit.data import load_dataset
+from gankit.data.mnist import default_data_root
+from gankit.errors import UserError
+from gankit.metrics.evaluator import classify, load_or_train_evaluator, mode_coverage
+from gankit.metrics.quality import classifier_score, fid, kid, knn_radii, precision_recall
+
+JUDGED = ("mnist", "fashion-mnist", "stacked-mnist")
+
+
+def evaluator_for(dataset: str, data_dir: str | None, progress: bool = True):
+    """The cached evaluator of a labelled 28x28 dataset (trained on first use)."""
+    base = "mnist" if dataset == "stacked-mnist" else dataset
+    train = load_dataset(base, split="train", data_dir=data_dir)
+    return load_or_train_evaluator(train.images, train.labels, default_data_root() / "evaluators",
+                                   progress=progress, log=lambda m: print(m, file=sys.stderr))
+
+
+def embed(evaluator, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features, probabilities, predicted class) of uint8 (N, C, 28, 28); C=3 is Stacked MNIST."""
+    if images.shape[1] == 1:
+        probs, features = classify(evaluator, images)
+        return features, probs, probs.argmax(1)
+    parts = [classify(evaluator, images[:, c:c + 1].contiguous()) for c in range(images.shape[1])]
+    features = torch.cat([f for _, f in parts], dim=1)
+    digits = [p.argmax(1) for p, _ in parts]
+    predicted = digits[0] * 100 + digits[1] * 10 + digits[2]
+    # The joint distribution over 1000 classes, assuming the channels independent given the image.
+    probs = torch.einsum("ni,nj,nk->nijk", *[p for p, _ in parts]).reshape(len(images), -1)
+    return features, probs, predicted
+
+
+def figures(features, probs, predicted, test_features, test_radii, num_classes: int, seed: int) -> dict:
+    precision, recall = precision_recall(test_features, features, real_radii=test_radii)
+    kid_mean, kid_std = kid(features, test_features, seed=seed)
+    score, score_std = classifier_score(probs)
+    coverage = mode_coverage(predicted, num_classes=num_classes)
+    return {
+        "fid": fid(features, test_features), "kid": kid_mean, "kid_std": kid_std,
+        "classifier_score": score, "classifier_score_std": score_std,
+        "precision": precision, "recall": recall,
+        "modes": coverage["modes"], "num_classes": num_classes, "kl_to_uniform": coverage["kl_to_uniform"],
+        "histogram": coverage["histogram"],
+    }
+
+
+def judge(images: torch.Tensor, dataset: str, data_dir: str | None = None, *, seed: int = 0,
+          floor: bool = True, progress: bool = True) -> dict:
+    """All figures for uint8 images (N, C, 28, 28) of `dataset`, plus the floor for N real ones."""
+    if dataset not in JUDGED:
+        raise UserError(f"gankit eval judges {', '.join(JUDGED)} samples; '{dataset}' has no evaluator "
+                        "(it needs labelled 28x28 data)")
+    channels = 3 if dataset == "stacked-mnist" else 1
+    if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (channels, 28, 28):
+        raise UserError(f"{dataset} samples must be uint8 of shape (N, 28, 28{', 3' if channels == 3 else ''}); "
+                        f"got {images.dtype} {tuple(images.shape)}")
+    if len(images) < 10:
+        raise UserError(f"need at least 10 samples to judge, got {len(images)}")
+    evaluator = evaluator_for(dataset, data_dir, progress)
+    test = load_dataset(dataset, split="test", data_dir=data_dir, seed=seed)
+    num_classes = 1000 if dataset == "stacked-mnist" else 10
+    test_features, _, _ = embed(evaluator, test.images)
+    test_radii = knn_radii(test_features)
+    result = figures(*embed(evaluator, images), test_features, test_radii, num_classes, seed)
+    result["n"] = len(images)
+    if floor:
+        real = load_dataset(dataset, split="train", data_dir=data_dir, seed=seed)
+        pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:len(images)]
+        result["floor"] = figures(*embed(evaluator, real.images[pick]), test_features, test_radii, num_classes, seed)
+    return result

@@ -1,0 +1,91 @@
+"""gankit eval and the training-time judge: plumbing, tables and Stacked MNIST.
+
+The evaluator itself is tested in test_evaluator.py; here a small one trained on 2048
+digits for one epoch stands in, so that these tests take seconds."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import MNIST_DIR, requires_mnist
+from gankit.cli import main
+from gankit.data import load_dataset
+
+pytestmark = requires_mnist
+
+
+@pytest.fixture(scope="module")
+def small_evaluator():
+    from gankit.metrics.evaluator import train_evaluator
+    data = load_dataset("mnist", split="train", data_dir=str(MNIST_DIR))
+    return train_evaluator(data.images[:2048], data.labels[:2048], epochs=1, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _use_small_evaluator(monkeypatch, small_evaluator):
+    import gankit.metrics.judge as judge
+    monkeypatch.setattr(judge, "evaluator_for", lambda *a, **k: small_evaluator)
+
+
+def test_stacked_mnist_is_three_real_digits_and_seeded():
+    a = load_dataset("stacked-mnist", data_dir=str(MNIST_DIR), stacked_size=40, seed=1)
+    b = load_dataset("stacked-mnist", data_dir=str(MNIST_DIR), stacked_size=40, seed=1)
+    c = load_dataset("stacked-mnist", data_dir=str(MNIST_DIR), stacked_size=40, seed=2)
+    assert a.images.shape == (40, 3, 28, 28) and a.images.dtype == torch.uint8
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    mnist = load_dataset("mnist", data_dir=str(MNIST_DIR))
+    index = {bytes(img.numpy().tobytes()): int(lbl) for img, lbl in zip(mnist.images[:, 0], mnist.labels)}
+    for img, label in zip(a.images[:5], a.labels[:5]):
+        digits = [index[bytes(img[ch].numpy().tobytes())] for ch in range(3)]  # each channel is a real digit
+        assert label == digits[0] * 100 + digits[1] * 10 + digits[2]
+    test = load_dataset("stacked-mnist", split="test", data_dir=str(MNIST_DIR), seed=1)
+    assert len(test) == 10000 and test.labels.max() < 1000
+
+
+def test_eval_npz_prints_figures_beside_the_floor(tmp_path, capsys):
+    real = load_dataset("mnist", split="train", data_dir=str(MNIST_DIR))
+    np.savez(tmp_path / "real.npz", images=real.images[-500:, 0].numpy())
+    np.savez(tmp_path / "blank.npz", images=np.zeros((500, 28, 28), np.uint8))
+    assert main(["eval", str(tmp_path / "real.npz"), "--data-dir", str(MNIST_DIR), "--json", "--no-progress"]) == 0
+    good = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(tmp_path / "blank.npz"), "--data-dir", str(MNIST_DIR), "--json", "--no-progress"]) == 0
+    bad = json.loads(capsys.readouterr().out)
+    assert good["n"] == 500 and set(good["floor"]) >= {"fid", "kid", "precision", "recall", "modes"}
+    assert good["modes"] == 10 and bad["modes"] == 1  # blank images: one class
+    assert good["fid"] < bad["fid"] and good["precision"] > bad["precision"]
+    assert good["fid"] < bad["fid"] / 10 and good["recall"] > 0.5 > bad["recall"]
+    assert main(["eval", str(tmp_path / "real.npz"), "--data-dir", str(MNIST_DIR), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "real floor" in table and "FID" in table and "precision" in table
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"not a zip", "not a gankit samples file"),
+    ("rgb", "must be uint8 of shape"),
+])
+def test_eval_refuses_bad_samples(tmp_path, capsys, content, needle):
+    path = tmp_path / "s.npz"
+    if content == "rgb":
+        np.savez(path, images=np.zeros((20, 28, 28, 3), np.uint8))
+    else:
+        path.write_bytes(content)
+    capsys.readouterr()
+    assert main(["eval", str(path), "--data-dir", str(MNIST_DIR)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
+
+
+def test_training_judges_stacked_mnist_at_the_end(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "stacked-mnist", "--stacked-size", "64", "--data-dir", str(MNIST_DIR),
+                 "--width", "8", "--nz", "8", "--batch-size", "16", "--epochs", "2", "--no-progress",
+                 "--out", str(run)]) == 0
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "eval_fid" not in lines[0]  # default: judged at the end only
+    last = lines[-1]
+    assert {"eval_fid", "eval_kid", "eval_precision", "eval_recall", "eval_modes", "eval_kl_to_uniform"} <= set(last)
+    assert 1 <= last["eval_modes"] <= 1000 and len(last["eval_histogram"]) == 1000
+    assert main(["sample", str(run), "--n", "3", "--out", str(tmp_path / "s.npz")]) == 0
+    assert np.load(tmp_path / "s.npz")["images"].shape == (3, 28, 28, 3)
