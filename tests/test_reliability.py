@@ -1,7 +1,6 @@
 """What gankit promises when things go wrong: kills, signals, divergence, hostile files, full disks."""
 
 import errno
-import json
 import os
 import random
 import signal

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -379,8 +378,8 @@ def epoch_record(epoch: int, step: int, sums: dict, batch_size: int) -> dict:
     return record
 
 
-def load_run(run: Path, device: str = "cpu"):
-    """(config, task, state, native_size) of a run folder's newest checkpoint, for sampling."""
+def resume_state(run: Path) -> tuple[TrainConfig, dict]:
+    """(config, state) of a run folder's newest checkpoint (or a checkpoint file)."""
     from gankit.checkpoint import find_checkpoint
 
     state = load_checkpoint(find_checkpoint(run))
@@ -388,16 +387,13 @@ def load_run(run: Path, device: str = "cpu"):
         config = TrainConfig.from_dict(state["config"])
     except TypeError as e:
         raise UserError(f"checkpoint in '{run}' has an unreadable config ({e})") from None
-    config.device = device
-    dev = pick_device(device)
-    native = int(state.get("native_size", config.image_size))
-    task = make_task(config, config.channels, dev, native, state)
-    return config, task, state, native
-
-
-def resume_state(run: Path) -> tuple[TrainConfig, dict]:
-    from gankit.checkpoint import find_checkpoint
-
-    state = load_checkpoint(find_checkpoint(run))
-    config = TrainConfig.from_dict(state["config"])
     return config, state
+
+
+def load_run(run: Path, device: str = "cpu"):
+    """(config, task, state, native_size) of a run folder's newest checkpoint, for sampling."""
+    config, state = resume_state(run)
+    config.device = device
+    native = int(state.get("native_size", config.image_size))
+    task = make_task(config, config.channels, pick_device(device), native, state)
+    return config, task, state, native
