@@ -30,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gankit.config import TrainConfig  # noqa: E402
-from gankit.data import load_dataset, to_native  # noqa: E402
+from gankit import sampling  # noqa: E402
+from gankit.data import load_dataset  # noqa: E402
 from gankit.data.mnist import default_data_root  # noqa: E402
 from gankit.metrics import classify, load_or_train_evaluator, mode_coverage  # noqa: E402
 from gankit.training.loop import load_run, resume_state, train  # noqa: E402
@@ -51,8 +52,7 @@ def mean_pairwise(f: torch.Tensor) -> float:
 
 def judge(run: Path, evaluator, real_features: torch.Tensor, n: int = 10000, seed: int = 0) -> dict:
     config, task, state, native = load_run(run)
-    z = torch.randn(n, config.nz, generator=torch.Generator().manual_seed(seed))
-    images = torch.cat([to_native(task.generate(zb), native) for zb in z.split(500)])
+    images = sampling.generate(task, n, seed=seed, native=native)
     probs, features = classify(evaluator, images)
     predicted = probs.argmax(1)
     coverage = mode_coverage(predicted, min_fraction=0.01)

@@ -26,10 +26,12 @@ from gankit.metrics.quality import classifier_score, fid, kid, knn_radii, precis
 JUDGED = ("mnist", "fashion-mnist", "stacked-mnist")
 
 
-def evaluator_for(dataset: str, data_dir: str | None, progress: bool = True):
-    """The cached evaluator of a labelled 28x28 dataset (trained on first use)."""
+def evaluator_for(dataset: str, data_dir: str | None, progress: bool = True, train=None):
+    """The cached evaluator of a labelled 28x28 dataset (trained on first use). `train`:
+    the dataset's train split when the caller has it already, to read it only once."""
     base = "mnist" if dataset == "stacked-mnist" else dataset
-    train = load_dataset(base, split="train", data_dir=data_dir)
+    if train is None or train.name != base:
+        train = load_dataset(base, split="train", data_dir=data_dir)
     return load_or_train_evaluator(train.images, train.labels, default_data_root() / "evaluators",
                                    progress=progress, log=lambda m: print(m, file=sys.stderr))
 
@@ -74,7 +76,8 @@ def judge(images: torch.Tensor, dataset: str, data_dir: str | None = None, *, se
                         f"got {images.dtype} {tuple(images.shape)}")
     if len(images) < 10:
         raise UserError(f"need at least 10 samples to judge, got {len(images)}")
-    evaluator = evaluator_for(dataset, data_dir, progress)
+    real = load_dataset(dataset, split="train", data_dir=data_dir, seed=seed) if floor else None
+    evaluator = evaluator_for(dataset, data_dir, progress, train=real)
     test = load_dataset(dataset, split="test", data_dir=data_dir, seed=seed)
     num_classes = 1000 if dataset == "stacked-mnist" else 10
     test_features, _, _ = embed(evaluator, test.images)
@@ -82,7 +85,6 @@ def judge(images: torch.Tensor, dataset: str, data_dir: str | None = None, *, se
     result = figures(*embed(evaluator, images), test_features, test_radii, num_classes, seed)
     result["n"] = len(images)
     if floor:
-        real = load_dataset(dataset, split="train", data_dir=data_dir, seed=seed)
         pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:len(images)]
         result["floor"] = figures(*embed(evaluator, real.images[pick]), test_features, test_radii, num_classes, seed)
     return result
