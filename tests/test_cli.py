@@ -40,6 +40,8 @@ def assert_one_line_error(code, err, *needles):
     (["train", "--max-steps", "0"], ["--max-steps"]),
     (["train", "--lr", "-1"], ["--lr"]),
     (["train", "--beta2", "1.5"], ["--beta2"]),
+    (["train", "--ema", "1"], ["--ema", "[0, 1)"]),
+    (["train", "--model", "vae", "--ema", "0.99"], ["--ema applies to the dcgan model only"]),
     (["train", "--recipe", "magic"], ["--recipe", "magic"]),
     (["train", "--dataset", "cifar"], ["--dataset"]),
     (["train", "--device", "tpu"], ["--device"]),

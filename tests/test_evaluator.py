@@ -190,3 +190,41 @@ def test_load_or_train_caches(train_small, tmp_path, monkeypatch):
     assert calls == [0, 1, 0]
     assert any("unreadable" in m for m in messages)
     assert _state_equal(first, third)  # deterministic retraining
+
+
+def test_evaluator_train_command_builds_then_reuses_the_cache(monkeypatch, capsys, tmp_path):
+    import json
+
+    from gankit.cli import main
+    if not mnist_available():
+        pytest.skip(f"MNIST files not found in {MNIST_DIR}")
+    calls = []
+
+    def quick(images, labels, **kw):  # the real recipe takes a minute; 1024 digits, 1 epoch stand in
+        calls.append(len(images))
+        return train_evaluator(images[:1024], labels[:1024], epochs=1, progress=False)
+
+    monkeypatch.setattr(ev, "train_evaluator", quick)
+    args = ["evaluator", "train", "--dataset", "mnist", "--data-dir", str(MNIST_DIR), "--json", "--no-progress"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["trained"] is True and calls == [60000]
+    assert first["path"].startswith(str(tmp_path / "data-cache" / "evaluators"))  # $GANKIT_DATA/evaluators
+    assert 0.5 < first["test_accuracy"] <= 1.0
+    assert main(args) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["trained"] is False and calls == [60000]  # loaded, not retrained
+    assert second["path"] == first["path"] and second["test_accuracy"] == first["test_accuracy"]
+    assert main(args[:-2]) == 0
+    assert "mnist evaluator (already cached): test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["evaluator"], "the following arguments are required: ACTION"),
+    (["evaluator", "train", "--dataset", "folder"], "invalid choice: 'folder'"),
+])
+def test_evaluator_command_refuses_bad_input(capsys, argv, needle):
+    from gankit.cli import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1

@@ -89,3 +89,25 @@ def test_training_judges_stacked_mnist_at_the_end(tmp_path):
     assert 1 <= last["eval_modes"] <= 1000 and len(last["eval_histogram"]) == 1000
     assert main(["sample", str(run), "--n", "3", "--out", str(tmp_path / "s.npz")]) == 0
     assert np.load(tmp_path / "s.npz")["images"].shape == (3, 28, 28, 3)
+
+
+def test_reference_figures_are_cached_and_a_bad_cache_is_rebuilt(tmp_path, monkeypatch):
+    import gankit.metrics.judge as judge
+    images = load_dataset("mnist", split="train", data_dir=str(MNIST_DIR)).images[:300]
+    first = judge.judge(images, "mnist", str(MNIST_DIR), progress=False)
+    cached = list((tmp_path / "data-cache" / "evaluators").glob("reference-*.pt"))
+    assert len(cached) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("the test split's radii were recomputed")
+    with monkeypatch.context() as m:
+        m.setattr(judge, "knn_radii", boom)
+        again = judge.judge(images, "mnist", str(MNIST_DIR), progress=False)
+        assert again["fid"] == first["fid"] and again["floor"] == first["floor"]
+        fewer = judge.judge(images[:200], "mnist", str(MNIST_DIR), progress=False)  # a new floor, same test radii
+        assert fewer["n"] == 200 and fewer["floor"]["fid"] != first["floor"]["fid"]
+        unfloored = judge.judge(images, "mnist", str(MNIST_DIR), progress=False, floor=False)
+        assert "floor" not in unfloored and unfloored["fid"] == first["fid"]
+    cached[0].write_bytes(b"truncated")
+    rebuilt = judge.judge(images, "mnist", str(MNIST_DIR), progress=False)
+    assert rebuilt["fid"] == first["fid"] and rebuilt["floor"] == first["floor"]

@@ -60,6 +60,8 @@ def build_parser() -> Parser:
     t.add_argument("--lr", type=float, help="Adam learning rate (default: dcgan 2e-4, VAEs 1e-3)")
     t.add_argument("--beta1", type=float, help="Adam beta1 (default: dcgan 0.5, VAEs 0.9)")
     t.add_argument("--beta2", type=float, help="Adam beta2 (overrides the recipe)")
+    t.add_argument("--ema", type=float, help="sample from a moving average of G's weights with this decay, "
+                   "e.g. 0.999 (default: 0, off)")
     t.add_argument("--batch-size", type=positive_int, help="default: 128")
     t.add_argument("--epochs", type=positive_int, help="epochs in total, counted from the run's start (default: 10)")
     t.add_argument("--max-steps", type=positive_int, help="stop after this many steps in total")
@@ -91,6 +93,18 @@ def build_parser() -> Parser:
     j.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     j.add_argument("--json", action="store_true", help="print one JSON object")
     j.add_argument("--no-progress", dest="progress", action="store_false")
+
+    v = sub.add_parser("evaluator", help="the judge's own classifier: build it ahead of first use")
+    vsub = v.add_subparsers(dest="action", parser_class=Parser, metavar="ACTION", required=True)
+    vt = vsub.add_parser("train", help="train and cache the evaluator of a labelled dataset (or load it)",
+                         description="Train the evaluator (a small CNN) on the train split and cache it, keyed "
+                         "by a hash of the data and its architecture; then report its test accuracy. "
+                         "Commands that judge samples do this on first use.")
+    vt.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist",
+                    help="default: mnist (stacked-mnist uses the mnist evaluator)")
+    vt.add_argument("--data-dir", help="where the data is (default: $GANKIT_DATA, else ~/.cache/gankit)")
+    vt.add_argument("--json", action="store_true", help="print one JSON object")
+    vt.add_argument("--no-progress", dest="progress", action="store_false")
 
     e = sub.add_parser("eval-nll", help="a VAE run's test-set negative ELBO and IWAE bound, nats per image")
     e.add_argument("run", help="run folder of a vae or vae-mlp run")
@@ -188,6 +202,32 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"  (modes of {result['num_classes']}; KID ± {result['kid_std']:.5f})")
 
 
+def cmd_evaluator(args: argparse.Namespace) -> None:
+    import json
+    import time
+
+    from gankit.data import load_dataset
+    from gankit.metrics.evaluator import classify, evaluator_path
+    from gankit.metrics.judge import evaluator_cache, evaluator_for
+
+    train = load_dataset(args.dataset, split="train", data_dir=args.data_dir)
+    path = evaluator_path(train.images, train.labels, evaluator_cache())
+    trained = not path.is_file()
+    started = time.perf_counter()
+    evaluator = evaluator_for(args.dataset, args.data_dir, args.progress, train=train)
+    seconds = time.perf_counter() - started
+    test = load_dataset(args.dataset, split="test", data_dir=args.data_dir)
+    probs, _ = classify(evaluator, test.images)
+    accuracy = (probs.argmax(1) == test.labels).float().mean().item()
+    result = {"dataset": args.dataset, "path": str(path), "trained": trained, "seconds": round(seconds, 2),
+              "test_accuracy": accuracy}
+    if args.json:
+        print(json.dumps(result))
+        return
+    how = f"trained in {seconds:.0f} s" if trained else "already cached"
+    print(f"{args.dataset} evaluator ({how}): test accuracy {100 * accuracy:.2f} %, at {path}")
+
+
 def cmd_eval_nll(args: argparse.Namespace) -> None:
     import json
 
@@ -212,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "eval-nll": cmd_eval_nll}[args.command](args)
+        {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "eval-nll": cmd_eval_nll,
+         "evaluator": cmd_evaluator}[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -59,6 +59,9 @@ class TrainConfig:
     lr: float | None = None
     beta1: float | None = None
     beta2: float | None = None
+    # DCGAN: sample from an exponential moving average of G's weights with this decay
+    # (Yazici et al. 2019); 0 = off, sample from G itself. README "Judging" has the measurement.
+    ema: float = 0.0
 
     # The run.
     batch_size: int = 128
@@ -124,6 +127,10 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, name)
         if value is not None and not 0.0 <= value < 1.0:
             raise UserError(f"--{name} must be in [0, 1), got {value}")
+    if not 0.0 <= config.ema < 1.0:
+        raise UserError(f"--ema must be in [0, 1) (a decay like 0.999; 0 turns it off), got {config.ema}")
+    if config.ema and config.model != "dcgan":
+        raise UserError("--ema applies to the dcgan model only (a VAE samples from its decoder)")
     if config.init is not None and config.init not in ("normal", "pytorch"):
         raise UserError(f"--init must be 'normal' or 'pytorch', got '{config.init}'")
     if config.edge is not None and config.edge not in ("4x4", "1x1"):

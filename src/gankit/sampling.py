@@ -30,7 +30,7 @@ def grid(images: torch.Tensor, *, nrow: int | None = None, padding: int = 2) -> 
     return canvas
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write via a temporary file and a rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
@@ -49,7 +49,7 @@ def save_grid(images: torch.Tensor, path: Path, *, nrow: int | None = None) -> N
         picture = picture[:, :, 0]
     buf = io.BytesIO()
     Image.fromarray(picture).save(buf, format="PNG")
-    _write_atomic(Path(path), buf.getvalue())
+    write_atomic(Path(path), buf.getvalue())
 
 
 def to_array(images: torch.Tensor) -> np.ndarray:
@@ -61,7 +61,7 @@ def to_array(images: torch.Tensor) -> np.ndarray:
 def save_npz(images: torch.Tensor, path: Path) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, images=to_array(images))
-    _write_atomic(Path(path), buf.getvalue())
+    write_atomic(Path(path), buf.getvalue())
 
 
 def generate(task, n: int, *, seed: int, native: int, batch_size: int = 500) -> torch.Tensor:

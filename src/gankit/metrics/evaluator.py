@@ -50,6 +50,7 @@ __all__ = [
     "train_evaluator",
     "load_or_train_evaluator",
     "evaluator_cache_key",
+    "evaluator_path",
     "classify",
     "class_histogram",
     "mode_coverage",
@@ -248,6 +249,11 @@ def evaluator_cache_key(images: Tensor, labels: Tensor, seed: int = 0) -> str:
     return h.hexdigest()[:24]
 
 
+def evaluator_path(images: Tensor, labels: Tensor, cache_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """Where the evaluator of this data is (or will be) cached."""
+    return Path(cache_dir) / f"evaluator-{evaluator_cache_key(images, labels, seed)}.pt"
+
+
 def load_or_train_evaluator(images: Tensor, labels: Tensor, cache_dir: str | os.PathLike,
                             *, seed: int = 0, progress: bool = True,
                             log: Callable[[str], None] | None = None) -> Evaluator:
@@ -261,8 +267,8 @@ def load_or_train_evaluator(images: Tensor, labels: Tensor, cache_dir: str | os.
     _check_images(images)
     _check_labels(labels, images.shape[0])
     say = log or (lambda _msg: None)
-    cache_dir = Path(cache_dir)
-    path = cache_dir / f"evaluator-{evaluator_cache_key(images, labels, seed)}.pt"
+    path = evaluator_path(images, labels, cache_dir, seed)
+    cache_dir = path.parent
     if path.is_file():
         model = Evaluator()
         try:

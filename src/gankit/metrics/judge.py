@@ -13,7 +13,10 @@ channels' features side by side.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import sys
+from pathlib import Path
 
 import torch
 
@@ -22,18 +25,24 @@ from gankit.data.mnist import default_data_root
 from gankit.errors import UserError
 from gankit.metrics.evaluator import classify, load_or_train_evaluator, mode_coverage
 from gankit.metrics.quality import classifier_score, fid, kid, knn_radii, precision_recall
+from gankit.sampling import write_atomic
 
 JUDGED = ("mnist", "fashion-mnist", "stacked-mnist")
+REFERENCE_VERSION = 1  # bump when the reference figures are computed differently
 
 
 def evaluator_for(dataset: str, data_dir: str | None, progress: bool = True, train=None):
     """The cached evaluator of a labelled 28x28 dataset (trained on first use). `train`:
-    the dataset's train split when the caller has it already, to read it only once."""
+    the base dataset's train split when the caller has it already, to read it only once."""
     base = "mnist" if dataset == "stacked-mnist" else dataset
     if train is None or train.name != base:
         train = load_dataset(base, split="train", data_dir=data_dir)
-    return load_or_train_evaluator(train.images, train.labels, default_data_root() / "evaluators",
+    return load_or_train_evaluator(train.images, train.labels, evaluator_cache(),
                                    progress=progress, log=lambda m: print(m, file=sys.stderr))
+
+
+def evaluator_cache() -> Path:
+    return default_data_root() / "evaluators"
 
 
 def embed(evaluator, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,15 +85,48 @@ def judge(images: torch.Tensor, dataset: str, data_dir: str | None = None, *, se
                         f"got {images.dtype} {tuple(images.shape)}")
     if len(images) < 10:
         raise UserError(f"need at least 10 samples to judge, got {len(images)}")
-    real = load_dataset(dataset, split="train", data_dir=data_dir, seed=seed) if floor else None
-    evaluator = evaluator_for(dataset, data_dir, progress, train=real)
-    test = load_dataset(dataset, split="test", data_dir=data_dir, seed=seed)
+    evaluator = evaluator_for(dataset, data_dir, progress)
     num_classes = 1000 if dataset == "stacked-mnist" else 10
-    test_features, _, _ = embed(evaluator, test.images)
-    test_radii = knn_radii(test_features)
-    result = figures(*embed(evaluator, images), test_features, test_radii, num_classes, seed)
+    ref = reference(evaluator, dataset, data_dir, seed, len(images) if floor else 0)
+    result = figures(*embed(evaluator, images), ref["test_features"], ref["test_radii"], num_classes, seed)
     result["n"] = len(images)
     if floor:
-        pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:len(images)]
-        result["floor"] = figures(*embed(evaluator, real.images[pick]), test_features, test_radii, num_classes, seed)
+        result["floor"] = ref["floor"]
     return result
+
+
+def reference(evaluator, dataset: str, data_dir: str | None, seed: int, n_floor: int) -> dict:
+    """What every judgement of `dataset` compares against: the test split's features and
+    k-NN radii, and the floor (figures of n_floor real training images). They cost more
+    than judging the samples and depend only on the evaluator, the data and the seed, so
+    they are cached beside the evaluator under a hash of these; floors by n."""
+    test = load_dataset(dataset, split="test", data_dir=data_dir, seed=seed)
+    h = hashlib.sha256(f"{REFERENCE_VERSION}\0{dataset}\0{seed}\0".encode())
+    for tensor in list(evaluator.state_dict().values()) + [test.images, test.labels]:
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    path = evaluator_cache() / f"reference-{h.hexdigest()[:24]}.pt"
+    ref = None
+    if path.is_file():
+        try:
+            ref = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # unreadable: computed afresh and rewritten below
+            ref = None
+    if ref is not None and (not n_floor or n_floor in ref["floors"]):
+        return {**ref, "floor": ref["floors"].get(n_floor)}
+    num_classes = 1000 if dataset == "stacked-mnist" else 10
+    if ref is None:
+        test_features, _, _ = embed(evaluator, test.images)
+        ref = {"test_features": test_features, "test_radii": knn_radii(test_features), "floors": {}}
+    if n_floor:
+        real = load_dataset(dataset, split="train", data_dir=data_dir, seed=seed)
+        pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n_floor]
+        ref["floors"][n_floor] = figures(*embed(evaluator, real.images[pick]), ref["test_features"],
+                                         ref["test_radii"], num_classes, seed)
+    buffer = io.BytesIO()
+    torch.save(ref, buffer)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, buffer.getvalue())
+    except OSError:  # a read-only cache only costs time
+        pass
+    return {**ref, "floor": ref["floors"].get(n_floor)}

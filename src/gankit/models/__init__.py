@@ -2,6 +2,9 @@
 
 from contextlib import contextmanager
 
+import copy
+
+import torch
 from torch import nn
 
 
@@ -16,3 +19,31 @@ def eval_mode(*modules: nn.Module):
     finally:
         for m, w in zip(modules, was):
             m.train(w)
+
+
+class Ema(nn.Module):
+    """An exponential moving average of a module's weights, for sampling.
+
+    The decay warms up as min(decay, (1 + t) / (10 + t)) after t updates, so that the
+    average does not drag the random initial weights along for thousands of steps.
+    Buffers (BatchNorm's running statistics) are copied, not averaged. `updates` is a
+    buffer, so a checkpoint of this module resumes the average exactly."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.module = copy.deepcopy(module).requires_grad_(False)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long, device=next(module.parameters()).device))
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        self.updates += 1
+        t = self.updates.to(torch.float32)
+        keep = torch.clamp((1 + t) / (10 + t), max=self.decay)  # a tensor: no host sync
+        mine = list(self.module.parameters())
+        torch._foreach_lerp_(mine, list(module.parameters()), 1 - keep)
+        for own, theirs in zip(self.module.buffers(), module.buffers()):
+            own.copy_(theirs)
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gankit.config import TrainConfig
-from gankit.models import eval_mode
+from gankit.models import Ema, eval_mode
 from gankit.models.dcgan import Discriminator, Generator, dcgan_init
 
 
@@ -37,10 +37,15 @@ class GanTask:
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=betas)
         self.bce = nn.BCEWithLogitsLoss()
+        # Made after the init and the layout change, so that it starts as an exact copy of G.
+        self.generator_ema = Ema(self.generator, config.ema) if config.ema else None
 
     @property
     def modules(self) -> dict[str, nn.Module]:
-        return {"generator": self.generator, "discriminator": self.discriminator}
+        modules = {"generator": self.generator, "discriminator": self.discriminator}
+        if self.generator_ema is not None:
+            modules["generator_ema"] = self.generator_ema
+        return modules
 
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -81,6 +86,8 @@ class GanTask:
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
+        if self.generator_ema is not None:
+            self.generator_ema.update(self.generator)
 
         return {
             "loss_d": loss_d.detach(),
@@ -91,10 +98,11 @@ class GanTask:
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] from z, with BatchNorm in eval mode: an image depends on its
-        own z only, not on the rest of the batch."""
-        with eval_mode(self.generator):
-            return self.generator(z)
+        """Images in [-1, 1] from z (from the averaged G when --ema is on), with BatchNorm
+        in eval mode: an image depends on its own z only, not on the rest of the batch."""
+        sampler = self.generator if self.generator_ema is None else self.generator_ema
+        with eval_mode(sampler):
+            return sampler(z)
 
     def pictures(self, fixed_z: torch.Tensor, shown: torch.Tensor) -> dict[str, torch.Tensor]:
         """The per-epoch grids, in [-1, 1]: the fixed noise's images."""

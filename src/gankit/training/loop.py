@@ -145,7 +145,7 @@ def stop_requests():
 
 
 def _write_json(path: Path, obj) -> None:
-    sampling._write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+    sampling.write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -159,7 +159,7 @@ def _trim_metrics(path: Path, step: int) -> None:
                 kept.append(line)
         except ValueError:  # a line cut short by a crash
             continue
-    sampling._write_atomic(path, "".join(ln + "\n" for ln in kept).encode())
+    sampling.write_atomic(path, "".join(ln + "\n" for ln in kept).encode())
 
 
 def prepare_out(out: Path, resuming: bool) -> None:
