@@ -15,7 +15,8 @@ from gankit.config import DATASETS, MODELS, RECIPES, TrainConfig
 from gankit.errors import UserError
 
 # Settings that may change when a run is resumed; everything else comes from its checkpoint.
-RESUME_OVERRIDES = ("epochs", "max_steps", "device", "progress", "data_dir", "save_every", "eval_every")
+RESUME_OVERRIDES = ("epochs", "max_steps", "device", "progress", "data_dir", "save_every", "eval_every",
+                    "precision", "cuda_graph")
 
 
 class Parser(argparse.ArgumentParser):
@@ -67,6 +68,10 @@ def build_parser() -> Parser:
     t.add_argument("--max-steps", type=positive_int, help="stop after this many steps in total")
     t.add_argument("--seed", type=int, help="default: 0")
     t.add_argument("--device", help="auto, cpu or cuda (default: auto)")
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="auto (default): bf16 autocast on "
+                   "hardware with native bf16 (recent GPUs, CPUs with AMX or AVX512-BF16), else fp32")
+    t.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction,
+                   help="on CUDA, replay the whole step from one captured graph (default: on)")
     t.add_argument("--out", help="run folder (default: runs/<model>-<dataset>, numbered when taken)")
     t.add_argument("--save-every", help="checkpoint every N steps (500) or N minutes (10m); 0: epoch ends "
                    "only (default: 10m)")

@@ -69,6 +69,10 @@ class TrainConfig:
     max_steps: int | None = None      # stop after this many steps in total (smoke tests)
     seed: int = 0
     device: str = "auto"
+    # bf16 autocast where the hardware has it (auto), else fp32; README "Speed" measures it.
+    precision: str = "auto"
+    # On CUDA: capture the whole step once as a CUDA graph and replay it (no effect on a CPU).
+    cuda_graph: bool = True
     out: str | None = None
     progress: bool = True
     # Judge samples with the evaluator (FID, KID, modes, ...; mnist, fashion-mnist,
@@ -137,6 +141,8 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"--edge must be '4x4' or '1x1', got '{config.edge}'")
     if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
         raise UserError(f"--device must be auto, cpu or cuda, got '{config.device}'")
+    if config.precision not in ("auto", "fp32", "bf16"):
+        raise UserError(f"--precision must be auto, fp32 or bf16, got '{config.precision}'")
     parse_save_every(config.save_every)
     if config.dataset == "folder" and not config.data_dir:
         raise UserError("--dataset folder needs --data-dir pointing at a folder of PNG/JPEG images")

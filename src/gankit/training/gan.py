@@ -81,10 +81,14 @@ class GanTask:
 
         # (2) Update G: make D call fresh fakes real (target 1), the non-saturating
         # loss of Goodfellow et al. 2014, Sec. 3.
+        # D's weights get no gradient here: the G update does not use it, and the next D
+        # update would throw it away (its zero_grad). The same training, less work.
         fake = self.generator(self.noise(n))
+        self.discriminator.requires_grad_(False)
         loss_g = self.bce(self.discriminator(fake), ones)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
+        self.discriminator.requires_grad_(True)
         self.opt_g.step()
         if self.generator_ema is not None:
             self.generator_ema.update(self.generator)

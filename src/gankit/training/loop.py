@@ -32,6 +32,7 @@ from gankit.config import TrainConfig, parse_save_every, validate
 from gankit.data import ImageData, default_image_size, load_dataset, to_model, to_native
 from gankit.errors import UserError
 from gankit.training.gan import GanTask
+from gankit.training.runner import Batches, Stepper, resolve_precision
 from gankit.training.vae import VaeTask
 
 GRID = 64  # images in the per-epoch grids: 8x8, as in the tutorial
@@ -58,11 +59,6 @@ def pick_device(name: str) -> torch.device:
         raise UserError(f"--device {name} was asked for but PyTorch sees no CUDA GPU; use --device cpu "
                         "(or install a CUDA build of PyTorch, see the README)")
     return torch.device(name)
-
-
-def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
-    """The batch order of one epoch, a function of (seed, epoch) only."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 def build_task(config: TrainConfig, channels: int, device: torch.device, native_size: int):
@@ -215,7 +211,9 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                             image_size=config.image_size, channels=config.channels,
                             fake_size=max(config.fake_size // 4, 32), seed=config.seed, log=log)
     shown = to_model((test if test is not None else data).images[:32].to(device), config.image_size)
-    steps_per_epoch = len(data) // config.batch_size  # last partial batch dropped: fixed shapes
+    batches = Batches(data.images, batch_size=config.batch_size, seed=config.seed, image_size=config.image_size,
+                      device=device, log=log)
+    steps_per_epoch = batches.steps_per_epoch
     total = config.epochs * steps_per_epoch
     if config.max_steps:
         total = min(total, config.max_steps)
@@ -229,7 +227,8 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
         remove_stale_temps(out / "checkpoints")
     _write_json(out / "config.json", config.to_dict())
 
-    images = data.images.to(device)  # uint8; scaled per batch on the device
+    dtype = resolve_precision(config.precision, device)
+    stepper = Stepper(task, device, dtype=dtype, graph=config.cuda_graph, log=log)
     fixed_z = task.noise(GRID, generator=torch.Generator().manual_seed(config.seed))
     if not (out / "samples" / "real.png").exists():
         pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))[:GRID]
@@ -270,27 +269,25 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
         log(f"nothing to do: '{out}' is at step {step} of {total}; pass --epochs with a larger number to go on")
         return out
     recipe = f" ({config.recipe} recipe)" if config.model == "dcgan" else ""
+    mode = ("bf16" if dtype is not None else "fp32") + (", CUDA graph" if stepper.graph else "")
     log(f"training {config.model}{recipe} on {config.dataset}: {len(data)} images, "
-        f"{steps_per_epoch} steps per epoch, {device}, run folder {out}")
+        f"{steps_per_epoch} steps per epoch, {device} ({mode}), run folder {out}")
 
     if resume is None:
         checkpoint()  # step 0: a run folder always holds a checkpoint that loads and resumes
     save_steps, save_seconds = parse_save_every(config.save_every)
     last_save = time.monotonic()
     bar = None
-    perm = None
     session_start = time.perf_counter()
     epoch_clock = time.perf_counter()
     with stop_requests() as stop:
         while step < total:
             epoch, i = divmod(step, steps_per_epoch)
-            if perm is None or i == 0:
-                perm = epoch_permutation(config.seed, epoch, len(data)).to(device)
+            if bar is None or i == 0:
                 epoch_clock = time.perf_counter() - sums.get("seconds", 0.0)
                 bar = tqdm(total=steps_per_epoch, initial=i, desc=f"epoch {epoch + 1}/{config.epochs}",
                            disable=not config.progress, leave=True, file=sys.stderr, dynamic_ncols=True)
-            real = to_model(images[perm[i * config.batch_size:(i + 1) * config.batch_size]], config.image_size)
-            metrics = task.step(real)
+            metrics = stepper(batches.batch(epoch, i))
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             sums["steps"] = sums.get("steps", 0) + 1

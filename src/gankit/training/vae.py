@@ -55,7 +55,7 @@ def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
 
 def elbo_terms(model: nn.Module, x: torch.Tensor, native: int, eps: torch.Tensor | None = None):
     """(reconstruction (N,), KL (N,), logits) for x in [0, 1]; eps ~ N(0, I) may be given."""
-    mu, logvar = model.encode(x)
+    mu, logvar = (t.float() for t in model.encode(x))  # the bound in fp32, also under bf16 autocast
     if eps is None:
         eps = torch.randn_like(mu)
     z = mu + eps * torch.exp(0.5 * logvar)                     # reparameterization trick

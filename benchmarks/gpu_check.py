@@ -1,0 +1,83 @@
+"""The GPU checks of the fast path, in one script for a lent GPU machine (a few minutes).
+
+1. Eager and graphed steps from the same seed on the same batches: the per-step losses
+   agree within bf16 tolerance (the graph replays the same step; only kernel choices and
+   bf16 rounding may differ).
+2. 10 MNIST epochs at defaults: the sum of the epochs' training seconds (what the speed
+   target counts) and the whole wall time (with setup, pictures and checkpoints).
+3. benchmarks/throughput.py --device cuda.
+
+  PYTHONPATH=src python benchmarks/gpu_check.py --data-dir ../shared/data/mnist --out $OUT
+Prints one JSON object and writes it to OUT/gpu_check.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+
+from gankit.config import TrainConfig  # noqa: E402
+from gankit.training.gan import GanTask  # noqa: E402
+from gankit.training.loop import train  # noqa: E402
+from gankit.training.runner import Batches, Stepper  # noqa: E402
+
+
+def losses(graph: bool, steps: int) -> list[list[float]]:
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    config = TrainConfig(image_size=32, channels=1).resolved()
+    task = GanTask(config, channels=1, device=device)
+    images = torch.randint(0, 256, (128 * steps, 1, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(1))
+    batches = Batches(images, batch_size=128, seed=0, image_size=32, device=device)
+    stepper = Stepper(task, device, dtype=torch.bfloat16, graph=graph)
+    out = []
+    for i in range(steps):
+        m = stepper(batches.batch(0, i))
+        out.append([float(m["loss_d"]), float(m["loss_g"])])
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="../shared/data/mnist")
+    p.add_argument("--out", default="gpu-check")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+
+    eager, graphed = losses(False, 30), losses(True, 30)
+    worst = max(abs(a - b) / max(abs(a), 1e-3) for ea, ga in zip(eager, graphed) for a, b in zip(ea, ga))
+    result["eager_vs_graph"] = {"steps": 30, "max_relative_difference": worst, "agree": worst < 0.05,
+                                "eager_first": eager[0], "graph_first": graphed[0],
+                                "eager_last": eager[-1], "graph_last": graphed[-1]}
+    print(json.dumps(result["eager_vs_graph"]), flush=True)
+
+    started = time.perf_counter()
+    run = train(TrainConfig(data_dir=args.data_dir, out=str(out / "mnist-10"), progress=False, eval_every=0,
+                            save_every="0"))
+    wall = time.perf_counter() - started
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    result["mnist_10_epochs"] = {"training_seconds": sum(e["seconds"] for e in epochs), "wall_seconds": wall,
+                                 "images_per_s": [round(e["images_per_s"]) for e in epochs],
+                                 "last_epoch": {k: epochs[-1][k] for k in ("loss_d", "loss_g", "d_real", "d_fake")}}
+    print(json.dumps(result["mnist_10_epochs"]), flush=True)
+
+    bench = subprocess.run([sys.executable, str(Path(__file__).with_name("throughput.py")), "--device", "cuda"],
+                           capture_output=True, text=True)
+    result["throughput"] = json.loads(bench.stdout) if bench.returncode == 0 else {"error": bench.stderr[-2000:]}
+    (out / "gpu_check.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""How a task's step runs on a device: where its batches come from, in which precision,
+and, on CUDA, replayed from one captured graph.
+
+Whatever the mode, the step is the task's own `step(real)`: the eager path calls it,
+the graph path captures that same call once and replays it. So a fast run is the same
+training as a plain one, and a change to a step changes every mode at once.
+
+- Batches: the uint8 dataset sits on the device (or, when it does not fit a GPU, in
+  pinned host memory) and batches are gathered by index from the epoch's permutation,
+  in the process, with no DataLoader workers.
+- Precision: bf16 autocast where the hardware computes bf16 natively (CUDA GPUs of the
+  Ampere generation on; CPUs with AMX or AVX512-BF16), fp32 elsewhere. Weights, the
+  optimizers and the losses stay fp32; README "Speed" has the measurements.
+- CUDA graph: the first WARMUP steps run eagerly on a side stream (they are real steps,
+  on real batches; they also create the optimizers' state), then the step is captured
+  with static input and output buffers, and every later step is a copy into the input
+  buffer and one replay. Adam runs with capturable=True so its step counter lives on the
+  GPU. Nothing here reads a value back to the host: the loop decides when it syncs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gankit.data import to_model
+
+PRECISIONS = ("auto", "fp32", "bf16")
+WARMUP = 3                  # eager steps before the capture (PyTorch's CUDA graph notes ask for a few)
+GPU_DATA_FRACTION = 0.5     # keep the dataset on the GPU while it takes at most this part of free memory
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether this device computes bf16 in hardware, so that autocast makes it faster."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.get_device_capability(device) >= (8, 0)  # Ampere and later
+        if device.type == "cpu":  # private helpers, hence the guard: absent means no
+            return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except (AttributeError, TypeError, RuntimeError):
+        pass
+    return False
+
+
+def resolve_precision(requested: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `--precision`, or None for plain fp32."""
+    if requested == "bf16" or (requested == "auto" and native_bf16(device)):
+        return torch.bfloat16
+    return None
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The batch order of one epoch, a function of (seed, epoch) only. Drawn on the CPU,
+    so that every device trains on the same batches in the same order."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+class Batches:
+    """The batches of an in-memory uint8 dataset, in the order of (seed, epoch).
+
+    `batch(epoch, i)` is batch i of that epoch, scaled to [-1, 1] at the model's size on
+    the device. The last partial batch of an epoch is dropped, so shapes never change
+    (which a captured graph needs), and every image is used at most once per epoch."""
+
+    def __init__(self, images: torch.Tensor, *, batch_size: int, seed: int, image_size: int,
+                 device: torch.device, log=None):
+        self.batch_size, self.seed, self.image_size, self.device = batch_size, seed, image_size, device
+        self.n = len(images)
+        self.steps_per_epoch = self.n // batch_size
+        self.streamed = device.type == "cuda" and not fits_on_gpu(images, device)
+        if self.streamed:
+            if log:
+                log(f"the dataset ({images.numel() / 2**30:.1f} GiB) does not fit the GPU; "
+                    "streaming batches from pinned memory")
+            self.images = images.pin_memory()
+        else:
+            self.images = images.to(device)
+        self._epoch, self._perm = None, None
+
+    def indices(self, epoch: int, i: int) -> torch.Tensor:
+        if self._epoch != epoch:
+            self._epoch = epoch
+            self._perm = epoch_permutation(self.seed, epoch, self.n).to(self.images.device)
+        return self._perm[i * self.batch_size:(i + 1) * self.batch_size]
+
+    def batch(self, epoch: int, i: int) -> torch.Tensor:
+        batch = self.images[self.indices(epoch, i)]
+        if self.streamed:
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return to_model(batch, self.image_size)
+
+
+def fits_on_gpu(images: torch.Tensor, device: torch.device) -> bool:
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.numel() * images.element_size() <= GPU_DATA_FRACTION * free
+
+
+class Stepper:
+    """Calls task.step(real) under the run's precision; on CUDA with graph=True, from a
+    captured CUDA graph after WARMUP eager steps. Returns the step's 0-d metric tensors
+    (with a graph: the same static tensors every time; read or add them before the
+    next call)."""
+
+    def __init__(self, task, device: torch.device, *, dtype: torch.dtype | None, graph: bool, log=None):
+        self.task, self.device, self.dtype, self.log = task, device, dtype, log
+        self.graph = graph and device.type == "cuda"
+        self.eager_steps = 0
+        self._graph = self._static_in = self._static_out = None
+        set_capturable(task.optimizers.values(), self.graph)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
+
+    def eager(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        # cache_enabled=False: autocast's weight-cast cache must not outlive a graph capture.
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None,
+                            cache_enabled=False):
+            return self.task.step(real)
+
+    def __call__(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not self.graph:
+            return self.eager(real)
+        if self._graph is None and self.eager_steps < WARMUP:
+            self.eager_steps += 1
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                out = self.eager(real)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            return out
+        if self._graph is None and not self._capture(real):
+            return self.eager(real)
+        self._static_in.copy_(real)
+        self._graph.replay()
+        return self._static_out
+
+    def _capture(self, real: torch.Tensor) -> bool:
+        """Record one step; nothing runs during the capture, so no step is lost."""
+        static_in = real.clone()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                static_out = self.eager(static_in)
+        except RuntimeError as e:  # an op that cannot be captured: train on, eagerly
+            self.graph = False
+            set_capturable(self.task.optimizers.values(), False)
+            if self.log:
+                self.log(f"CUDA graph capture failed ({str(e).splitlines()[0][:160]}); "
+                         "going on without it (--no-cuda-graph skips the attempt)")
+            return False
+        self._graph, self._static_in, self._static_out = graph, static_in, static_out
+        return True
+
+
+def set_capturable(optimizers, on: bool) -> None:
+    """Adam's capturable flag, with its step counters moved to where that flag wants them
+    (the GPU when on, the host when off), whatever the checkpoint they came from."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            if "capturable" not in group:
+                continue
+            group["capturable"] = on
+            for p in group["params"]:
+                state = opt.state.get(p, {})
+                if "step" in state and torch.is_tensor(state["step"]):
+                    state["step"] = state["step"].to(p.device if on else "cpu", torch.float32)
