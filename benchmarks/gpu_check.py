@@ -6,6 +6,7 @@
 2. 10 MNIST epochs at defaults: the sum of the epochs' training seconds (what the speed
    target counts) and the whole wall time (with setup, pictures and checkpoints).
 3. benchmarks/throughput.py --device cuda.
+Also: a dataset streamed from pinned memory gives the same batches as a resident one.
 
   PYTHONPATH=src python benchmarks/gpu_check.py --data-dir ../shared/data/mnist --out $OUT
 Prints one JSON object and writes it to OUT/gpu_check.json.
@@ -61,6 +62,18 @@ def main() -> None:
                                 "eager_first": eager[0], "graph_first": graphed[0],
                                 "eager_last": eager[-1], "graph_last": graphed[-1]}
     print(json.dumps(result["eager_vs_graph"]), flush=True)
+
+    import gankit.training.runner as runner  # the pinned-memory fallback gives the same batches
+    images = torch.randint(0, 256, (1000, 1, 28, 28), dtype=torch.uint8)
+    kw = dict(batch_size=100, seed=0, image_size=32, device=torch.device("cuda"))
+    resident = runner.Batches(images, **kw)
+    runner.GPU_DATA_FRACTION = 0.0
+    streamed = runner.Batches(images, **kw)
+    runner.GPU_DATA_FRACTION = 0.5
+    result["streaming"] = {"streamed": streamed.streamed and not resident.streamed,
+                           "same_batches": all(torch.equal(resident.batch(1, i), streamed.batch(1, i))
+                                               for i in range(10))}
+    print(json.dumps(result["streaming"]), flush=True)
 
     started = time.perf_counter()
     run = train(TrainConfig(data_dir=args.data_dir, out=str(out / "mnist-10"), progress=False, eval_every=0,

@@ -36,9 +36,12 @@ def main() -> None:
     p.add_argument("--runs", nargs="*", help="judge these run folders instead of training one")
     p.add_argument("--n", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="training precision (default auto: gankit's default)")
     args = p.parse_args()
     runs = [Path(r) for r in args.runs] if args.runs else [
-        train(TrainConfig(data_dir=args.data_dir, out="runs/quality-dcgan", progress=False, eval_every=0))]
+        train(TrainConfig(data_dir=args.data_dir, out="runs/quality-dcgan", progress=False, eval_every=0,
+                          precision=args.precision))]
     for run in runs:
         config, task, state, native = load_run(run)
         evaluator_for(config.dataset, args.data_dir or config.data_dir)  # cached before the clock starts

@@ -76,6 +76,8 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--epochs", default="1,2", help="judge after each of these epoch counts")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
+                   help="training precision (default fp32: the README's recipe tables were measured in fp32)")
     p.add_argument("--out", default="runs/recipes")
     p.add_argument("--judge", nargs="*", help="only judge these existing run folders")
     args = p.parse_args()
@@ -100,7 +102,7 @@ def main() -> None:
                 train(config, resume=state)
             else:
                 config = TrainConfig(dataset="mnist", data_dir=args.data_dir, epochs=epochs, seed=args.seed,
-                                     out=str(run), progress=False, **VARIANTS[name])
+                                     out=str(run), progress=False, precision=args.precision, **VARIANTS[name])
                 train(config)
             result = {"variant": name, **judge(run, evaluator, real_features),
                       "train_seconds": round(time.perf_counter() - started, 1)}
