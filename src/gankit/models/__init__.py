@@ -39,9 +39,11 @@ class Ema(nn.Module):
     def update(self, module: nn.Module) -> None:
         self.updates += 1
         t = self.updates.to(torch.float32)
-        keep = torch.clamp((1 + t) / (10 + t), max=self.decay)  # a tensor: no host sync
-        mine = list(self.module.parameters())
-        torch._foreach_lerp_(mine, list(module.parameters()), 1 - keep)
+        keep = torch.clamp((1 + t) / (10 + t), max=self.decay)  # a device tensor: no host sync
+        for own, theirs in zip(self.module.parameters(), module.parameters()):
+            # lerp_ with a tensor weight stays on the device (a CUDA graph can hold it);
+            # _foreach_lerp_ would read the weight back to the host as a Python number.
+            own.lerp_(theirs, 1 - keep)
         for own, theirs in zip(self.module.buffers(), module.buffers()):
             own.copy_(theirs)
 
