@@ -82,12 +82,26 @@ def build_parser() -> Parser:
 
     s = sub.add_parser("sample", help="generate images from a trained run")
     s.add_argument("run", help="run folder (or a checkpoint file)")
-    s.add_argument("--n", type=positive_int, help="how many images (default: 10000, or 64 with --grid)")
+    s.add_argument("--n", type=positive_int, help="how many images (default: 10000, or 64 with --grid; "
+                   "with --interpolate: how many walks, default 8)")
     s.add_argument("--seed", type=int, default=0, help="same seed, same images (default: 0)")
-    s.add_argument("--out", default=None, help="write a .npz with a uint8 array 'images' (default: samples.npz)")
+    s.add_argument("--out", default=None, help="write a .npz with a uint8 array 'images' (default: samples.npz; "
+                   "with --interpolate: a .png, default walk.png)")
     s.add_argument("--grid", help="write a PNG grid instead")
+    s.add_argument("--interpolate", action="store_true", help="walk the latent space: a PNG with one walk a row, "
+                   "each from one random z to another (slerp), and a GIF of the walks beside it (same name, .gif)")
+    s.add_argument("--steps", type=positive_int, help="images per walk with --interpolate (default: 8)")
     s.add_argument("--batch-size", type=positive_int, default=500)
     s.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+
+    x = sub.add_parser("export", help="write a run's generator to a .safetensors or .onnx file",
+                       description="Write the generator alone (a VAE's decoder; the averaged G of an --ema run), "
+                       "z (N, nz) -> images (N, C, S, S) in [-1, 1] at the network's size, with the run's "
+                       "settings as metadata. MNIST-like runs output 32x32: crop [..., 2:30, 2:30] for 28x28.")
+    x.add_argument("run", help="run folder (or a checkpoint file)")
+    x.add_argument("--out", required=True, help="the file to write, e.g. generator.safetensors or generator.onnx")
+    x.add_argument("--format", choices=("safetensors", "onnx"), help="default: from --out's suffix; onnx needs "
+                   "`pip install 'gankit[export]'`")
 
     j = sub.add_parser("eval", help="judge samples: FID, KID, classifier score, precision/recall, modes")
     j.add_argument("target", help="a run folder, or a .npz from `gankit sample`")
@@ -147,6 +161,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from gankit import sampling
     from gankit.training.loop import load_run
 
+    if args.interpolate:
+        cmd_sample_walk(args)
+        return
+    if args.steps:
+        raise UserError("--steps applies to --interpolate only")
     if args.grid and args.out:
         raise UserError("give either --out (a .npz) or --grid (a .png), not both")
     target = Path(args.grid or args.out or "samples.npz")
@@ -164,6 +183,41 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise UserError(f"cannot write '{target}' ({e.strerror}); pick a writable path") from None
     shape = "x".join(map(str, images.shape[2:]))
     print(f"wrote {n} images ({shape}, {images.shape[1]} channel{'s' if images.shape[1] > 1 else ''}) to {target}")
+
+
+def cmd_sample_walk(args: argparse.Namespace) -> None:
+    """`sample --interpolate`: walks from one random z to another, as a PNG grid and a GIF."""
+    from gankit import sampling
+    from gankit.training.loop import load_run
+
+    if args.grid:
+        raise UserError("--interpolate writes a PNG and a GIF named by --out; drop --grid")
+    target = Path(args.out or "walk.png")
+    if target.suffix.lower() != ".png":
+        raise UserError(f"--interpolate writes a PNG (and a GIF beside it); give --out {target.stem}.png")
+    if not target.parent.is_dir():
+        raise UserError(f"folder '{target.parent}' does not exist; create it or pick another path")
+    rows, steps = args.n or 8, args.steps or 8
+    if steps < 2:
+        raise UserError(f"--steps must be at least 2 (a walk has two ends), got {steps}")
+    _, task, _, native = load_run(Path(args.run), device=args.device)
+    images = sampling.walks(task, rows, steps, seed=args.seed, native=native, batch_size=args.batch_size)
+    gif = target.with_suffix(".gif")
+    try:
+        sampling.save_walks(images, rows, steps, target, gif)
+    except OSError as e:
+        raise UserError(f"cannot write '{target}' ({e.strerror}); pick a writable path") from None
+    print(f"wrote {rows} walks of {steps} images to {target} and {gif}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from gankit.export import export_run
+
+    meta = export_run(Path(args.run), Path(args.out), args.format)
+    size, native = meta["image_size"], meta["native_size"]
+    note = f"; crop {meta['crop']} px a side for {native}x{native}" if meta["crop"] else ""
+    print(f"wrote the {meta['model']} generator (z {meta['nz']} -> {size}x{size} images in [-1, 1]{note}) "
+          f"to {args.out}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -257,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "eval-nll": cmd_eval_nll,
-         "evaluator": cmd_evaluator}[args.command](args)
+        {"train": cmd_train, "sample": cmd_sample, "export": cmd_export, "eval": cmd_eval,
+         "eval-nll": cmd_eval_nll, "evaluator": cmd_evaluator}[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

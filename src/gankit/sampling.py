@@ -1,6 +1,6 @@
-"""Turning images into things a person keeps: PNG grids and .npz arrays.
+"""Turning images into things a person keeps: PNG grids, .npz arrays, latent walks.
 
-Everything here takes uint8 (N, C, H, W) at the dataset's native size.
+Images here are uint8 (N, C, H, W) at the dataset's native size.
 """
 
 from __future__ import annotations
@@ -69,7 +69,73 @@ def generate(task, n: int, *, seed: int, native: int, batch_size: int = 500) -> 
 
     All of z comes at once from one seeded CPU generator, so the same seed gives the
     same images whatever the batch size or device."""
+    z = task.noise(n, generator=torch.Generator().manual_seed(seed))
+    return decode(task, z, native=native, batch_size=batch_size)
+
+
+def decode(task, z: torch.Tensor, *, native: int, batch_size: int = 500) -> torch.Tensor:
+    """uint8 images (N, C, native, native) on the CPU from z (N, nz), batch_size at a time."""
     from gankit.data import to_native
 
-    z = task.noise(n, generator=torch.Generator().manual_seed(seed))
     return torch.cat([to_native(task.generate(zb), native).cpu() for zb in z.split(batch_size)])
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t, *, eps: float = 1e-4) -> torch.Tensor:
+    """Spherical interpolation from a (t=0) to b (t=1), over the last dimension.
+
+    a, b: (..., D); t: a number or a tensor that broadcasts against a[..., :1], e.g.
+    a, b (rows, 1, D) and t (1, steps, 1) give (rows, steps, D). Why not a straight
+    line: z ~ N(0, I) lies near the sphere of radius sqrt(D), and the midpoint of two such
+    points has a norm of about sqrt(D / 2), where the generator never saw a z; slerp keeps
+    the norm between two vectors of equal norm (White 2016, "Sampling Generative Networks").
+    Where the great circle is not defined (nearly parallel or opposite vectors, a zero
+    vector), it falls back to the straight line. t=0 and t=1 give a and b exactly.
+    """
+    # float64 for the angle: arccos of a float32 cosine near +-1 loses most of its digits.
+    a64, b64 = a.double(), b.double()
+    t = torch.as_tensor(t, dtype=torch.float64, device=a.device)
+    norms = a64.norm(dim=-1, keepdim=True) * b64.norm(dim=-1, keepdim=True)
+    cos = ((a64 * b64).sum(-1, keepdim=True) / norms.clamp_min(1e-300)).clamp(-1.0, 1.0)
+    omega = torch.arccos(cos)
+    sin = torch.sin(omega)
+    straight = (sin < eps) | (norms == 0)
+    sin = torch.where(straight, torch.ones_like(sin), sin)  # no 0/0, even in the branch not taken
+    wa = torch.where(straight, 1 - t, torch.sin((1 - t) * omega) / sin)
+    wb = torch.where(straight, t, torch.sin(t * omega) / sin)
+    return (wa * a64 + wb * b64).to(a.dtype)
+
+
+def walks(task, rows: int, steps: int, *, seed: int, native: int, batch_size: int = 500) -> torch.Tensor:
+    """`rows` latent walks of `steps` images each: uint8 (rows * steps, C, native, native),
+    walk after walk. Walk i goes by slerp from one z to another, both drawn from one seeded
+    CPU generator: the same seed gives the same walks on every device and batch size."""
+    ends = task.noise(2 * rows, generator=torch.Generator().manual_seed(seed)).cpu()
+    t = torch.arange(steps, dtype=torch.float64) / (steps - 1)         # exactly 0 and 1 at the ends
+    z = slerp(ends[:rows, None], ends[rows:, None], t[None, :, None])   # (rows, steps, nz)
+    return decode(task, z.flatten(0, 1).to(task.device), native=native, batch_size=batch_size)
+
+
+def walk_gif(images: torch.Tensor, rows: int, steps: int, *, frame_ms: int = 120, hold_ms: int = 600) -> bytes:
+    """An animated GIF of `walks`' images: frame t shows every walk at its step t, up to 4
+    walks a row. It goes forward and back (2 * steps - 2 frames), so it loops without a jump,
+    and rests at the two ends. Scaled up by a whole factor (nearest neighbour) to about 64 px
+    an image: GIF viewers show pictures at their own size, and 28 px digits are hard to see."""
+    _, c, h, w = images.shape
+    scale = max(1, 64 // h)
+    by_step = images.view(rows, steps, c, h, w).transpose(0, 1)     # (steps, rows, C, H, W)
+    order = list(range(steps)) + list(range(steps - 2, 0, -1))
+    frames = []
+    for t in order:
+        picture = grid(by_step[t], nrow=min(rows, 4))
+        frame = Image.fromarray(picture[:, :, 0] if c == 1 else picture)
+        frames.append(frame.resize((frame.width * scale, frame.height * scale), Image.NEAREST))
+    durations = [hold_ms if t in (0, steps - 1) else frame_ms for t in order]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    return buf.getvalue()
+
+
+def save_walks(images: torch.Tensor, rows: int, steps: int, png: Path, gif: Path) -> None:
+    """The walks as a PNG grid, one walk a row, and as an animated GIF (walk_gif)."""
+    save_grid(images, Path(png), nrow=steps)
+    write_atomic(Path(gif), walk_gif(images, rows, steps))

@@ -1,0 +1,201 @@
+"""A trained generator as a file other programs can load: safetensors or ONNX.
+
+The file holds the generator alone, the function z -> images that `gankit sample` uses:
+- dcgan: G, or the moving average of G's weights for a run trained with --ema;
+- vae, vae-mlp: the decoder, with the sigmoid that turns its logits into the mean image.
+Input z: float32 (N, nz) ~ N(0, I). Output: float32 images (N, C, S, S) in [-1, 1] at the
+network's size S. MNIST-like runs pad 28x28 to 32x32, so their images carry a 2-pixel
+border of background: crop it with ``images[..., 2:30, 2:30]`` (metadata "crop" gives
+the pixels per side, 0 when nothing is padded) to get what `gankit sample` writes.
+
+Metadata (key "gankit", a JSON object; safetensors metadata is str -> str, ONNX
+metadata_props the same): the run's TrainConfig, nz, image_size, native_size, channels,
+crop, step, and the gankit versions that trained and exported it. `build_generator`
+rebuilds the network from it; `load_safetensors` does that and loads the weights.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import gankit
+from gankit.config import TrainConfig
+from gankit.errors import UserError
+from gankit.models import eval_mode
+from gankit.models.dcgan import Generator
+from gankit.models.vae import ConvVAE, MlpVAE
+
+FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx"}
+ONNX_OPSET = 17  # ONNX Runtime 1.12+ and onnxruntime-web run it
+INSTALL_HINT = "pip install 'gankit[export]'"
+
+
+class VaeDecoder(nn.Module):
+    """A VAE's decoder as a generator: z -> its mean image in [-1, 1], as VaeTask.generate does."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(z)) * 2 - 1
+
+
+def mlp_decoder(vae: MlpVAE) -> nn.Module:
+    """MlpVAE.decode as one module (its layers, shared, not copied)."""
+    return nn.Sequential(vae.fc3, nn.ReLU(), vae.fc4, nn.Unflatten(1, vae.shape))
+
+
+def sampler_of(task, model: str) -> nn.Module:
+    """The module of a trained task that turns z into the images `gankit sample` shows."""
+    if model == "dcgan":
+        # With --ema the average samples (GanTask.generate); G itself is only trained.
+        return task.generator if task.generator_ema is None else task.generator_ema.module
+    if model == "vae":
+        return VaeDecoder(task.model.decoder)
+    if model == "vae-mlp":
+        return VaeDecoder(mlp_decoder(task.model))
+    raise UserError(f"cannot export a '{model}' run: only dcgan, vae and vae-mlp runs have a generator to export")
+
+
+def build_generator(meta: dict) -> nn.Module:
+    """A fresh, untrained network of the shape an export's metadata describes, in eval mode."""
+    config = TrainConfig.from_dict(meta["config"])
+    size, channels = meta["image_size"], meta["channels"]
+    if config.model == "dcgan":
+        net = Generator(image_size=size, channels=channels, nz=config.nz, width=config.width, edge=config.edge)
+    elif config.model == "vae":
+        vae = ConvVAE(image_size=size, channels=channels, latent_dim=config.latent_dim, width=config.width)
+        net = VaeDecoder(vae.decoder)
+    else:
+        net = VaeDecoder(mlp_decoder(MlpVAE(image_size=size, channels=channels, latent_dim=config.latent_dim)))
+    return net.eval()
+
+
+def metadata(config: TrainConfig, state: dict, nz: int, native: int) -> dict:
+    from gankit.data import _pad
+
+    crop = 0 if native == config.image_size else _pad(native, config.image_size)
+    return {
+        "config": config.to_dict(),
+        "model": config.model,
+        "nz": nz,
+        "image_size": config.image_size,
+        "native_size": native,
+        "channels": config.channels,
+        # Pixels per side to cut off for the native frame; None: not a border, resize instead.
+        "crop": crop,
+        "step": state.get("step"),
+        "trained_with": state.get("gankit_version"),
+        "gankit_version": gankit.__version__,
+        "input": "z: float32 (N, nz) ~ N(0, I)",
+        "output": "images: float32 (N, channels, image_size, image_size) in [-1, 1]",
+    }
+
+
+def check_target(fmt: str | None, out: Path) -> str:
+    """The format to write, from --format or out's suffix; UserError when they cannot work."""
+    by_suffix = {suffix: name for name, suffix in FORMATS.items()}
+    if fmt is None:
+        if out.suffix.lower() not in by_suffix:
+            raise UserError(f"cannot tell the format from '{out}'; name it *.safetensors or *.onnx, or give --format")
+        fmt = by_suffix[out.suffix.lower()]
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format '{fmt}'; use one of: {', '.join(FORMATS)}")
+    if out.suffix.lower() != FORMATS[fmt]:
+        raise UserError(f"--out '{out}' does not end in {FORMATS[fmt]}; name it "
+                        f"'{out.with_suffix(FORMATS[fmt]).name}' or pick the format that fits it")
+    if not out.parent.is_dir():
+        raise UserError(f"folder '{out.parent}' does not exist; create it or pick another path")
+    if fmt == "onnx":
+        require_onnx()
+    return fmt
+
+
+def require_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise UserError(f"ONNX export needs the onnx package: {INSTALL_HINT}") from None
+    return onnx
+
+
+def safetensors_bytes(net: nn.Module, meta: dict) -> bytes:
+    from safetensors.torch import save
+
+    # contiguous: the trained G is channels_last, and safetensors stores plain row-major tensors.
+    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    return save(tensors, metadata={"gankit": json.dumps(meta), "format": "pt"})
+
+
+def onnx_bytes(net: nn.Module, meta: dict, nz: int) -> bytes:
+    onnx = require_onnx()
+    buf = io.BytesIO()
+    kwargs = {}
+    # The TorchScript exporter: this graph is plain convolutions, BatchNorm, ReLU and tanh,
+    # which it handles; the torch.export-based one (the default since PyTorch 2.9) needs
+    # onnxscript besides onnx and takes ~5 s instead of ~0.2 s here. Torch before 2.5 has
+    # no `dynamo` argument and only the TorchScript exporter.
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False
+    with eval_mode(net), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notes: nothing a user can act on
+        torch.onnx.export(net, (torch.zeros(2, nz),), buf, input_names=["z"], output_names=["images"],
+                          dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}},
+                          opset_version=ONNX_OPSET, **kwargs)
+    model = onnx.load_from_string(buf.getvalue())
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "gankit", json.dumps(meta)
+    model.doc_string = f"gankit {meta['model']} generator: {meta['input']} -> {meta['output']}"
+    return model.SerializeToString()
+
+
+def export_run(run: Path, out: Path, fmt: str | None = None) -> dict:
+    """Write a run's generator to `out` (safetensors or ONNX, atomically); returns its metadata."""
+    from gankit.sampling import write_atomic
+    from gankit.training.loop import load_run
+
+    fmt = check_target(fmt, Path(out))
+    config, task, state, native = load_run(Path(run), device="cpu")
+    config = TrainConfig.from_dict(state["config"])  # as trained (load_run sets device=cpu)
+    net = sampler_of(task, config.model)
+    meta = metadata(config, state, task.nz, native)
+    data = safetensors_bytes(net, meta) if fmt == "safetensors" else onnx_bytes(net, meta, task.nz)
+    try:
+        write_atomic(Path(out), data)
+    except OSError as e:
+        raise UserError(f"cannot write '{out}' ({e.strerror}); pick a writable path") from None
+    return meta
+
+
+def read_metadata(path: Path) -> dict:
+    """The "gankit" metadata of an exported .safetensors or .onnx file."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        model = require_onnx().load(str(path), load_external_data=False)
+        props = {p.key: p.value for p in model.metadata_props}
+    else:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            props = f.metadata() or {}
+    if "gankit" not in props:
+        raise UserError(f"'{path}' has no gankit metadata; it was not written by `gankit export`")
+    return json.loads(props["gankit"])
+
+
+def load_safetensors(path: Path) -> tuple[nn.Module, dict]:
+    """(generator in eval mode, metadata) of a .safetensors file from `gankit export`."""
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    net = build_generator(meta)
+    net.load_state_dict(load_file(str(path)))
+    return net, meta
