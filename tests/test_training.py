@@ -134,9 +134,13 @@ def test_resume_drops_metric_lines_the_checkpoint_has_not_seen(tmp_path, tiny_ar
     assert main(["train", *tiny_args, "--epochs", "1", "--out", str(run)]) == 0
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"epoch": 2, "step": 8}) + "\n" + '{"epoch": 3, "st')  # written, then a crash
+    halves = [run / ".losses.png-k1ll3d.tmp", run / "samples" / ".fake_epoch_002.png-x.tmp"]  # killed writes
+    for half in halves:
+        half.write_bytes(b"half a file")
     assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
     lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert [ln["epoch"] for ln in lines] == [1, 2] and "loss_d" in lines[1]
+    assert not any(h.exists() for h in halves)
 
 
 def test_ema_generator_averages_resumes_exactly_and_is_what_samples_come_from(tmp_path, tiny_args):

@@ -16,7 +16,7 @@ from gankit.errors import UserError
 
 # Settings that may change when a run is resumed; everything else comes from its checkpoint.
 RESUME_OVERRIDES = ("epochs", "max_steps", "device", "progress", "data_dir", "save_every", "eval_every",
-                    "precision", "cuda_graph")
+                    "precision", "cuda_graph", "tensorboard")
 
 
 class Parser(argparse.ArgumentParser):
@@ -79,6 +79,8 @@ def build_parser() -> Parser:
                    "the end; 0: never (default: at the end; mnist, fashion-mnist, stacked-mnist)")
     t.add_argument("--stacked-size", type=positive_int, help="images in stacked-mnist (default: 60000)")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    t.add_argument("--tensorboard", action=argparse.BooleanOptionalAction,
+                   help="log to RUN/tensorboard for `tensorboard --logdir runs` (default: on)")
 
     s = sub.add_parser("sample", help="generate images from a trained run")
     s.add_argument("run", help="run folder (or a checkpoint file)")

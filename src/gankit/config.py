@@ -75,6 +75,9 @@ class TrainConfig:
     cuda_graph: bool = True
     out: str | None = None
     progress: bool = True
+    # Log losses, eval figures, grids and these settings to RUN/tensorboard for `tensorboard
+    # --logdir runs`; a writer that cannot be made costs a warning, never the run.
+    tensorboard: bool = True
     # Judge samples with the evaluator (FID, KID, modes, ...; mnist, fashion-mnist,
     # stacked-mnist) every E epochs and at the end; 0: never. None: at the end only.
     eval_every: int | None = None

@@ -43,6 +43,12 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_stale_writes(folder: Path) -> None:
+    """Temporary files of write_atomic that a killed process left behind (never a whole file)."""
+    for tmp in Path(folder).glob(".*-*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def save_grid(images: torch.Tensor, path: Path, *, nrow: int | None = None) -> None:
     picture = grid(images, nrow=nrow)
     if picture.shape[2] == 1:

@@ -26,7 +26,8 @@ import torch
 from tqdm import tqdm
 
 import gankit
-from gankit import sampling
+from gankit import report, sampling
+from gankit.board import open_board
 from gankit.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint
 from gankit.config import TrainConfig, parse_save_every, validate
 from gankit.data import ImageData, default_image_size, load_dataset, to_model, to_native
@@ -225,6 +226,8 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
             torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
         _trim_metrics(out / "metrics.jsonl", step)
         remove_stale_temps(out / "checkpoints")
+        for folder in (out, out / "samples"):
+            sampling.remove_stale_writes(folder)
     _write_json(out / "config.json", config.to_dict())
 
     dtype = resolve_precision(config.precision, device)
@@ -280,7 +283,7 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
     bar = None
     session_start = time.perf_counter()
     epoch_clock = time.perf_counter()
-    with stop_requests() as stop:
+    with stop_requests() as stop, open_board(out, config, step, log) as board:
         while step < total:
             epoch, i = divmod(step, steps_per_epoch)
             if bar is None or i == 0:
@@ -294,6 +297,7 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
             step += 1
             if step % 25 == 0:
                 check_finite()  # reads the sums: one host sync per 25 steps, not per step
+                board.step(step, metrics)
             if bar is not None:
                 bar.update(1)
                 if step % 25 == 0 or step % steps_per_epoch == 0:
@@ -319,6 +323,8 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                 last_save = time.monotonic()
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
+                board.epoch(step, record, out / "samples")
+                report.refresh(out, log)  # losses.png and progress.gif
                 log(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()
                                                       if k not in ("epoch", "step", "seconds")
                                                       and isinstance(v, (int, float))))
