@@ -96,8 +96,9 @@ class GanTask:
         return {
             "loss_d": loss_d.detach(),
             "loss_g": loss_g.detach(),
-            "d_real": torch.sigmoid(logits_real.detach()).mean(),
-            "d_fake": torch.sigmoid(logits_fake.detach()).mean(),
+            # float(): under bf16 autocast the logits are bf16, and the loop sums these over an epoch.
+            "d_real": torch.sigmoid(logits_real.detach().float()).mean(),
+            "d_fake": torch.sigmoid(logits_fake.detach().float()).mean(),
         }
 
     @torch.no_grad()

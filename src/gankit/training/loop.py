@@ -291,8 +291,8 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                 bar = tqdm(total=steps_per_epoch, initial=i, desc=f"epoch {epoch + 1}/{config.epochs}",
                            disable=not config.progress, leave=True, file=sys.stderr, dynamic_ncols=True)
             metrics = stepper(batches.batch(epoch, i))
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
+            for k, v in metrics.items():  # fp32 sums: a bf16 sum stops growing at 256
+                sums[k] = sums.get(k, 0.0) + v.float()
             sums["steps"] = sums.get("steps", 0) + 1
             step += 1
             if step % 25 == 0:
