@@ -14,6 +14,9 @@ from gankit.models import Ema, eval_mode
 from gankit.models.dcgan import Discriminator, Generator, dcgan_init
 
 
+CHANNELS_LAST = True  # a switch for benchmarks/cpu_options.py
+
+
 class GanTask:
     """Generator, discriminator, their Adam optimizers, and the step that trains them."""
 
@@ -30,9 +33,11 @@ class GanTask:
         if config.init == "normal":
             dcgan_init(self.generator)
             dcgan_init(self.discriminator)
-        # channels_last: measured ~15 % faster on CPU (oneDNN's preferred layout); same math.
+        # channels_last: oneDNN's and cuDNN's preferred layout, same math; README "Speed"
+        # (benchmarks/cpu_options.py) has the measurement.
+        self.layout = torch.channels_last if CHANNELS_LAST else torch.contiguous_format
         for m in (self.generator, self.discriminator):
-            m.to(memory_format=torch.channels_last)
+            m.to(memory_format=self.layout)
         betas = (config.beta1, config.beta2)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=betas)
@@ -65,7 +70,7 @@ class GanTask:
         so a step never waits for the host.
         """
         n = real.shape[0]
-        real = real.contiguous(memory_format=torch.channels_last)
+        real = real.contiguous(memory_format=self.layout)
         ones = torch.ones(n, device=real.device)
         zeros = torch.zeros(n, device=real.device)
 
