@@ -32,3 +32,16 @@ def mnist_available() -> bool:
 
 
 requires_mnist = pytest.mark.skipif(not mnist_available(), reason=f"MNIST files not found in {MNIST_DIR}")
+
+
+def make_class_folder(root: Path, classes: int, per_class: int = 8, size: int = 16) -> Path:
+    """root/<0..classes-1>/<k>.png: random grayscale images, one subfolder per class."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / str(c)).mkdir(parents=True)
+        for k in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(root / str(c) / f"{k}.png")
+    return root

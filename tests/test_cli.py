@@ -42,6 +42,8 @@ def assert_one_line_error(code, err, *needles):
     (["train", "--beta2", "1.5"], ["--beta2"]),
     (["train", "--ema", "1"], ["--ema", "[0, 1)"]),
     (["train", "--model", "vae", "--ema", "0.99"], ["--ema applies to the dcgan model only"]),
+    (["train", "--conditional", "--dataset", "fake"], ["--conditional needs labelled data", "one subfolder per class"]),
+    (["train", "--conditional", "--model", "vae"], ["--conditional applies to the dcgan model only"]),
     (["train", "--recipe", "magic"], ["--recipe", "magic"]),
     (["train", "--dataset", "cifar"], ["--dataset"]),
     (["train", "--device", "tpu"], ["--device"]),

@@ -166,3 +166,39 @@ def test_export_metadata_is_json_in_the_file(tmp_path, tiny_args):
     header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
     meta = json.loads(header["__metadata__"]["gankit"])
     assert meta["config"] == json.loads((run / "config.json").read_text())
+
+
+def test_a_conditional_generator_exports_with_its_labels(tmp_path, capsys):
+    """safetensors: rebuilt from the metadata, the same images per (z, label); ONNX: two
+    inputs, z (N, nz) float32 and labels (N,) int64, any batch size."""
+    from conftest import make_class_folder
+
+    root = make_class_folder(tmp_path / "classes", 3)
+    args = ["--dataset", "folder", "--data-dir", str(root), "--image-size", "16", "--channels", "1",
+            "--width", "8", "--nz", "8", "--batch-size", "16", "--no-progress", "--no-tensorboard", "--conditional"]
+    run = train(tmp_path, args)
+    out = tmp_path / "g.safetensors"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    assert "labels 0..2" in capsys.readouterr().out
+    net, meta = load_safetensors(out)
+    assert meta["num_classes"] == 3 and "labels" in meta["input"]
+    z = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, 2, 1, 0])
+    _, task, _, _ = load_run(run)
+    with torch.no_grad():
+        assert torch.allclose(net(z, labels), task.generate(z, labels), atol=1e-6, rtol=0)
+
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    onnx_out = tmp_path / "g.onnx"
+    assert main(["export", str(run), "--out", str(onnx_out)]) == 0
+    session = ort.InferenceSession(str(onnx_out), providers=["CPUExecutionProvider"])
+    zin, yin = session.get_inputs()
+    assert (zin.name, yin.name) == ("z", "labels") and yin.type == "tensor(int64)"
+    assert isinstance(zin.shape[0], str) and isinstance(yin.shape[0], str)
+    for n in (1, 7):
+        z = torch.randn(n, 8, generator=torch.Generator().manual_seed(n))
+        y = torch.arange(n) % 3
+        (images,) = session.run(None, {"z": z.numpy(), "labels": y.numpy()})
+        assert images.shape == (n, 1, 16, 16)
+        assert abs(torch.from_numpy(images) - task.generate(z, y)).max() <= 1e-4

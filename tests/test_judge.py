@@ -111,3 +111,37 @@ def test_reference_figures_are_cached_and_a_bad_cache_is_rebuilt(tmp_path, monke
     cached[0].write_bytes(b"truncated")
     rebuilt = judge.judge(images, "mnist", str(MNIST_DIR), progress=False)
     assert rebuilt["fid"] == first["fid"] and rebuilt["floor"] == first["floor"]
+
+
+def test_class_accuracy_is_the_share_classified_as_the_asked_for_class(small_evaluator):
+    """Held-out digits with their true labels score the evaluator's own test accuracy (the
+    small stand-in evaluator: about 0.89; the real one 0.995), shuffled labels about 0.1."""
+    import gankit.metrics.judge as judge
+    from gankit.metrics.evaluator import classify
+    real = load_dataset("mnist", split="test", data_dir=str(MNIST_DIR))
+    images, labels = real.images[:500], real.labels[:500]
+    right = judge.judge(images, "mnist", str(MNIST_DIR), progress=False, floor=False, labels=labels)
+    shuffled = labels[torch.randperm(500, generator=torch.Generator().manual_seed(0))]
+    wrong = judge.judge(images, "mnist", str(MNIST_DIR), progress=False, floor=False, labels=shuffled)
+    probs, _ = classify(small_evaluator, images)
+    assert right["class_accuracy"] == pytest.approx((probs.argmax(1) == labels).float().mean().item())
+    assert right["class_accuracy"] > 0.85 and wrong["class_accuracy"] < 0.3
+    assert "class_accuracy" not in judge.judge(images, "mnist", str(MNIST_DIR), progress=False, floor=False)
+
+
+def test_a_conditional_run_is_judged_on_its_classes(tmp_path, capsys, monkeypatch):
+    """stacked-mnist: 1000 classes; the end-of-run judge and `gankit eval` report class accuracy."""
+    import gankit.training.loop as loop
+    monkeypatch.setattr(loop, "EVAL_SAMPLES", 500)  # the plumbing, not the figure: fewer samples
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "stacked-mnist", "--stacked-size", "64", "--data-dir", str(MNIST_DIR),
+                 "--conditional", "--width", "8", "--nz", "8", "--batch-size", "16", "--epochs", "1",
+                 "--no-progress", "--no-tensorboard", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["num_classes"] == 1000
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= last["eval_class_accuracy"] <= 1
+    capsys.readouterr()
+    assert main(["eval", str(run), "--n", "200", "--json", "--no-progress"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["class_accuracy"] <= 1
+    assert main(["eval", str(run), "--n", "200", "--no-progress"]) == 0
+    assert "class accuracy" in capsys.readouterr().out

@@ -40,6 +40,37 @@ def test_batches_cover_every_image_once_per_epoch_in_a_seeded_order():
     assert batch_ids(other.batch(0, 0)) != epochs[0][:10]
 
 
+def test_batch_labels_belong_to_the_batchs_images():
+    n, bs = 103, 10
+    images = numbered(n)
+    labels = torch.arange(n) * 7 % 10  # label of image k: 7k mod 10
+    batches = Batches(images, labels, batch_size=bs, seed=3, image_size=4, device=torch.device("cpu"))
+    for epoch, i in ((0, 0), (0, 9), (2, 4), (0, 3)):  # random access, as resume does
+        ids = batch_ids(batches.batch(epoch, i))
+        got = batches.labels(epoch, i)
+        assert got.dtype == torch.long and got.tolist() == [k * 7 % 10 for k in ids]
+    plain = Batches(images, batch_size=bs, seed=3, image_size=4, device=torch.device("cpu"))
+    assert batch_ids(plain.batch(2, 4)) == batch_ids(batches.batch(2, 4))  # labels change no order
+    with pytest.raises(ValueError):
+        plain.labels(0, 0)
+
+
+def test_stepper_passes_images_and_labels_to_the_step():
+    seen = []
+
+    class Task:
+        optimizers = {}
+
+        def step(self, real, labels=None):
+            seen.append((real, labels))
+            return {"loss": real.sum() + labels.sum()}
+
+    stepper = Stepper(Task(), torch.device("cpu"), dtype=None, graph=False)
+    real, labels = torch.ones(2, 1, 4, 4), torch.tensor([3, 4])
+    assert stepper(real, labels)["loss"].item() == 39
+    assert seen[0][0] is real and seen[0][1] is labels
+
+
 class Recorder:
     """A task whose step records what it was called with, and under which autocast."""
 

@@ -58,6 +58,8 @@ def build_parser() -> Parser:
     t.add_argument("--d-input-bn", action=argparse.BooleanOptionalAction,
                    help="BatchNorm on D's first block (overrides the recipe)")
     t.add_argument("--edge", choices=("4x4", "1x1"), help="G's first and D's last layer (overrides the recipe)")
+    t.add_argument("--conditional", action="store_true", help="dcgan: feed the class label to G and D "
+                   "(labelled data only; `sample --class K` then draws class K)")
     t.add_argument("--lr", type=float, help="Adam learning rate (default: dcgan 2e-4, VAEs 1e-3)")
     t.add_argument("--beta1", type=float, help="Adam beta1 (default: dcgan 0.5, VAEs 0.9)")
     t.add_argument("--beta2", type=float, help="Adam beta2 (overrides the recipe)")
@@ -93,13 +95,16 @@ def build_parser() -> Parser:
     s.add_argument("--interpolate", action="store_true", help="walk the latent space: a PNG with one walk a row, "
                    "each from one random z to another (slerp), and a GIF of the walks beside it (same name, .gif)")
     s.add_argument("--steps", type=positive_int, help="images per walk with --interpolate (default: 8)")
+    s.add_argument("--class", dest="label", type=int, metavar="K", help="a --conditional run: every image of "
+                   "class K, 0 to C-1 (default: the classes in turn)")
     s.add_argument("--batch-size", type=positive_int, default=500)
     s.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
 
     x = sub.add_parser("export", help="write a run's generator to a .safetensors or .onnx file",
                        description="Write the generator alone (a VAE's decoder; the averaged G of an --ema run), "
                        "z (N, nz) -> images (N, C, S, S) in [-1, 1] at the network's size, with the run's "
-                       "settings as metadata. MNIST-like runs output 32x32: crop [..., 2:30, 2:30] for 28x28.")
+                       "settings as metadata. MNIST-like runs output 32x32: crop [..., 2:30, 2:30] for 28x28. A --conditional "
+                       "run's generator takes labels (N,) int64 as a second input.")
     x.add_argument("run", help="run folder (or a checkpoint file)")
     x.add_argument("--out", required=True, help="the file to write, e.g. generator.safetensors or generator.onnx")
     x.add_argument("--format", choices=("safetensors", "onnx"), help="default: from --out's suffix; onnx needs "
@@ -175,7 +180,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise UserError(f"folder '{target.parent}' does not exist; create it or pick another path")
     n = args.n or (64 if args.grid else 10000)
     config, task, _, native = load_run(Path(args.run), device=args.device)
-    images = sampling.generate(task, n, seed=args.seed, native=native, batch_size=args.batch_size)
+    check_class(args.label, task, args.run)
+    images = sampling.generate(task, n, seed=args.seed, native=native, batch_size=args.batch_size,
+                               label=args.label)
     try:
         if args.grid:
             sampling.save_grid(images, target)
@@ -185,6 +192,19 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise UserError(f"cannot write '{target}' ({e.strerror}); pick a writable path") from None
     shape = "x".join(map(str, images.shape[2:]))
     print(f"wrote {n} images ({shape}, {images.shape[1]} channel{'s' if images.shape[1] > 1 else ''}) to {target}")
+
+
+def check_class(label: int | None, task, run: str) -> None:
+    """`sample --class K`: a conditional run, and K one of its classes."""
+    from gankit.sampling import num_classes
+
+    if label is None:
+        return
+    classes = num_classes(task)
+    if not classes:
+        raise UserError(f"--class needs a conditional run (trained with --conditional); '{run}' is not one")
+    if not 0 <= label < classes:
+        raise UserError(f"--class {label} is not a class of '{run}'; use 0 to {classes - 1}")
 
 
 def cmd_sample_walk(args: argparse.Namespace) -> None:
@@ -203,7 +223,9 @@ def cmd_sample_walk(args: argparse.Namespace) -> None:
     if steps < 2:
         raise UserError(f"--steps must be at least 2 (a walk has two ends), got {steps}")
     _, task, _, native = load_run(Path(args.run), device=args.device)
-    images = sampling.walks(task, rows, steps, seed=args.seed, native=native, batch_size=args.batch_size)
+    check_class(args.label, task, args.run)
+    images = sampling.walks(task, rows, steps, seed=args.seed, native=native, batch_size=args.batch_size,
+                            label=args.label)
     gif = target.with_suffix(".gif")
     try:
         sampling.save_walks(images, rows, steps, target, gif)
@@ -218,7 +240,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     meta = export_run(Path(args.run), Path(args.out), args.format)
     size, native = meta["image_size"], meta["native_size"]
     note = f"; crop {meta['crop']} px a side for {native}x{native}" if meta["crop"] else ""
-    print(f"wrote the {meta['model']} generator (z {meta['nz']} -> {size}x{size} images in [-1, 1]{note}) "
+    labels = f" and labels 0..{meta['num_classes'] - 1}" if meta.get("num_classes") else ""
+    print(f"wrote the {meta['model']} generator (z {meta['nz']}{labels} -> {size}x{size} images in [-1, 1]{note}) "
           f"to {args.out}")
 
 
@@ -244,11 +267,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
         images = torch.from_numpy(array)
         images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
         dataset, data_dir = args.dataset or "mnist", args.data_dir
+        labels = None
     else:
         config, task, _, native = load_run(target, device=args.device)
-        images = sampling.generate(task, args.n, seed=args.seed, native=native)
+        images = sampling.generate(task, args.n, seed=args.seed, native=native)  # conditional: balanced labels
+        labels = sampling.sample_labels(task, args.n)
         dataset, data_dir = args.dataset or config.dataset, args.data_dir or config.data_dir
-    result = judge(images.contiguous(), dataset, data_dir, seed=args.seed, progress=args.progress)
+    result = judge(images.contiguous(), dataset, data_dir, seed=args.seed, progress=args.progress, labels=labels)
     if args.json:
         print(json.dumps(result))
         return
@@ -260,6 +285,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
             ("KL to uniform", "kl_to_uniform", ".4f")]
     for label, key, fmt in rows:
         print(f"  {label:<18}{result[key]:>12{fmt}}{floor[key]:>12{fmt}}")
+    if "class_accuracy" in result:  # a conditional run: did each sample come out as its class?
+        print(f"  {'class accuracy':<18}{result['class_accuracy']:>12.3f}{'-':>12}")
     print(f"  (modes of {result['num_classes']}; KID ± {result['kid_std']:.5f})")
 
 

@@ -54,6 +54,10 @@ class TrainConfig:
     init: str | None = None           # "normal" N(0, 0.02) | "pytorch" (PyTorch's default)
     d_input_bn: bool | None = None    # BatchNorm on D's first block
     edge: str | None = None           # "4x4": 1x1 <-> 4x4 with stride 1; "1x1": k4 s2 p1 all the way
+    # DCGAN only: feed the class label to G (an embedding beside z) and D (a projection
+    # discriminator, Miyato & Koyama 2018); models/dcgan.py says why that form.
+    conditional: bool = False
+    num_classes: int | None = None    # None: from the data (labels.max() + 1; stacked-mnist 1000)
 
     # The optimizer: Adam, lr and beta1 from the DCGAN paper (Sec. 4); beta2 from the recipe.
     lr: float | None = None
@@ -119,7 +123,8 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"unknown dataset '{config.dataset}'; use one of: {', '.join(DATASETS)}")
     if config.model not in MODELS:
         raise UserError(f"unknown model '{config.model}'; use one of: {', '.join(MODELS)}")
-    for name in ("epochs", "batch_size", "max_steps", "nz", "width", "latent_dim", "fake_size", "stacked_size", "lr"):
+    for name in ("epochs", "batch_size", "max_steps", "nz", "width", "latent_dim", "fake_size", "stacked_size", "lr",
+                 "num_classes"):
         positive(name, getattr(config, name))
     if config.lr is not None and not config.lr <= 10:  # also refuses inf and nan
         raise UserError(f"--lr {config.lr} is far beyond any learning rate that trains; use a value like 2e-4")
@@ -138,6 +143,10 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"--ema must be in [0, 1) (a decay like 0.999; 0 turns it off), got {config.ema}")
     if config.ema and config.model != "dcgan":
         raise UserError("--ema applies to the dcgan model only (a VAE samples from its decoder)")
+    if config.conditional and config.model != "dcgan":
+        raise UserError(f"--conditional applies to the dcgan model only, not --model {config.model}")
+    if config.conditional and config.dataset == "fake":  # its labels are random: nothing to learn from them
+        raise UserError(CONDITIONAL_NEEDS_LABELS)
     if config.init is not None and config.init not in ("normal", "pytorch"):
         raise UserError(f"--init must be 'normal' or 'pytorch', got '{config.init}'")
     if config.edge is not None and config.edge not in ("4x4", "1x1"):
@@ -149,6 +158,10 @@ def validate(config: TrainConfig) -> None:
     parse_save_every(config.save_every)
     if config.dataset == "folder" and not config.data_dir:
         raise UserError("--dataset folder needs --data-dir pointing at a folder of PNG/JPEG images")
+
+
+CONDITIONAL_NEEDS_LABELS = ("--conditional needs labelled data (mnist, fashion-mnist, stacked-mnist, "
+                            "or a folder with one subfolder per class)")
 
 
 def parse_save_every(text: str) -> tuple[int, float]:

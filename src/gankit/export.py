@@ -7,6 +7,8 @@ Input z: float32 (N, nz) ~ N(0, I). Output: float32 images (N, C, S, S) in [-1, 
 network's size S. MNIST-like runs pad 28x28 to 32x32, so their images carry a 2-pixel
 border of background: crop it with ``images[..., 2:30, 2:30]`` (metadata "crop" gives
 the pixels per side, 0 when nothing is padded) to get what `gankit sample` writes.
+A conditional DCGAN (--conditional) takes a second input, labels: int64 (N,) in
+[0, num_classes); metadata "num_classes" says how many (0 for every other generator).
 
 Metadata (key "gankit", a JSON object; safetensors metadata is str -> str, ONNX
 metadata_props the same): the run's TrainConfig, nz, image_size, native_size, channels,
@@ -70,7 +72,8 @@ def build_generator(meta: dict) -> nn.Module:
     config = TrainConfig.from_dict(meta["config"])
     size, channels = meta["image_size"], meta["channels"]
     if config.model == "dcgan":
-        net = Generator(image_size=size, channels=channels, nz=config.nz, width=config.width, edge=config.edge)
+        net = Generator(image_size=size, channels=channels, nz=config.nz, width=config.width, edge=config.edge,
+                        num_classes=meta.get("num_classes") or 0)
     elif config.model == "vae":
         vae = ConvVAE(image_size=size, channels=channels, latent_dim=config.latent_dim, width=config.width)
         net = VaeDecoder(vae.decoder)
@@ -83,6 +86,10 @@ def metadata(config: TrainConfig, state: dict, nz: int, native: int) -> dict:
     from gankit.data import _pad
 
     crop = 0 if native == config.image_size else _pad(native, config.image_size)
+    classes = (config.num_classes or 0) if config.conditional else 0
+    inputs = "z: float32 (N, nz) ~ N(0, I)"
+    if classes:
+        inputs += f"; labels: int64 (N,) in [0, {classes})"
     return {
         "config": config.to_dict(),
         "model": config.model,
@@ -95,7 +102,8 @@ def metadata(config: TrainConfig, state: dict, nz: int, native: int) -> dict:
         "step": state.get("step"),
         "trained_with": state.get("gankit_version"),
         "gankit_version": gankit.__version__,
-        "input": "z: float32 (N, nz) ~ N(0, I)",
+        "num_classes": classes,
+        "input": inputs,
         "output": "images: float32 (N, channels, image_size, image_size) in [-1, 1]",
     }
 
@@ -136,6 +144,7 @@ def safetensors_bytes(net: nn.Module, meta: dict) -> bytes:
 
 
 def onnx_bytes(net: nn.Module, meta: dict, nz: int) -> bytes:
+    """ONNX of z (N, nz) -> images; a conditional generator takes (z, labels (N,) int64)."""
     onnx = require_onnx()
     buf = io.BytesIO()
     kwargs = {}
@@ -147,8 +156,11 @@ def onnx_bytes(net: nn.Module, meta: dict, nz: int) -> bytes:
         kwargs["dynamo"] = False
     with eval_mode(net), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notes: nothing a user can act on
-        torch.onnx.export(net, (torch.zeros(2, nz),), buf, input_names=["z"], output_names=["images"],
-                          dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}},
+        args, names = (torch.zeros(2, nz),), ["z"]
+        if meta.get("num_classes"):
+            args, names = (torch.zeros(2, nz), torch.zeros(2, dtype=torch.long)), ["z", "labels"]
+        torch.onnx.export(net, args, buf, input_names=names, output_names=["images"],
+                          dynamic_axes={**{k: {0: "batch"} for k in names}, "images": {0: "batch"}},
                           opset_version=ONNX_OPSET, **kwargs)
     model = onnx.load_from_string(buf.getvalue())
     entry = model.metadata_props.add()

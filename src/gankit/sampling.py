@@ -70,20 +70,43 @@ def save_npz(images: torch.Tensor, path: Path) -> None:
     write_atomic(Path(path), buf.getvalue())
 
 
-def generate(task, n: int, *, seed: int, native: int, batch_size: int = 500) -> torch.Tensor:
+def num_classes(task) -> int:
+    """How many classes a task's generator is conditioned on; 0: unconditional."""
+    return int(getattr(task, "num_classes", 0) or 0)
+
+
+def sample_labels(task, n: int, label: int | None = None) -> torch.Tensor | None:
+    """The labels `generate` draws n images of: None for an unconditional task; else
+    `label` for every image, or, when None, balanced: 0, 1, ..., C-1, 0, 1, ..."""
+    classes = num_classes(task)
+    if not classes:
+        return None
+    if label is not None:
+        return torch.full((n,), int(label), dtype=torch.long)
+    return torch.arange(n) % classes
+
+
+def generate(task, n: int, *, seed: int, native: int, batch_size: int = 500,
+             label: int | None = None) -> torch.Tensor:
     """n images, uint8 (n, C, native, native) on the CPU, from a trained task.
 
     All of z comes at once from one seeded CPU generator, so the same seed gives the
-    same images whatever the batch size or device."""
+    same images whatever the batch size or device. A conditional task draws every image
+    as class `label`, or (None) the classes in turn: sample_labels."""
     z = task.noise(n, generator=torch.Generator().manual_seed(seed))
-    return decode(task, z, native=native, batch_size=batch_size)
+    return decode(task, z, native=native, batch_size=batch_size, labels=sample_labels(task, n, label))
 
 
-def decode(task, z: torch.Tensor, *, native: int, batch_size: int = 500) -> torch.Tensor:
-    """uint8 images (N, C, native, native) on the CPU from z (N, nz), batch_size at a time."""
+def decode(task, z: torch.Tensor, *, native: int, batch_size: int = 500,
+           labels: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 images (N, C, native, native) on the CPU from z (N, nz) (and, conditional,
+    labels (N,)), batch_size at a time."""
     from gankit.data import to_native
 
-    return torch.cat([to_native(task.generate(zb), native).cpu() for zb in z.split(batch_size)])
+    if labels is None:
+        return torch.cat([to_native(task.generate(zb), native).cpu() for zb in z.split(batch_size)])
+    return torch.cat([to_native(task.generate(zb, yb.to(task.device)), native).cpu()
+                      for zb, yb in zip(z.split(batch_size), labels.split(batch_size))])
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t, *, eps: float = 1e-4) -> torch.Tensor:
@@ -111,14 +134,18 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t, *, eps: float = 1e-4) -> torch.Te
     return (wa * a64 + wb * b64).to(a.dtype)
 
 
-def walks(task, rows: int, steps: int, *, seed: int, native: int, batch_size: int = 500) -> torch.Tensor:
+def walks(task, rows: int, steps: int, *, seed: int, native: int, batch_size: int = 500,
+          label: int | None = None) -> torch.Tensor:
     """`rows` latent walks of `steps` images each: uint8 (rows * steps, C, native, native),
     walk after walk. Walk i goes by slerp from one z to another, both drawn from one seeded
-    CPU generator: the same seed gives the same walks on every device and batch size."""
+    CPU generator: the same seed gives the same walks on every device and batch size.
+    A conditional task keeps one class along a walk: `label`, or class i % C for walk i."""
     ends = task.noise(2 * rows, generator=torch.Generator().manual_seed(seed)).cpu()
     t = torch.arange(steps, dtype=torch.float64) / (steps - 1)         # exactly 0 and 1 at the ends
     z = slerp(ends[:rows, None], ends[rows:, None], t[None, :, None])   # (rows, steps, nz)
-    return decode(task, z.flatten(0, 1).to(task.device), native=native, batch_size=batch_size)
+    per_row = sample_labels(task, rows, label)
+    labels = None if per_row is None else per_row.repeat_interleave(steps)
+    return decode(task, z.flatten(0, 1).to(task.device), native=native, batch_size=batch_size, labels=labels)
 
 
 def walk_gif(images: torch.Tensor, rows: int, steps: int, *, frame_ms: int = 120, hold_ms: int = 600) -> bytes:

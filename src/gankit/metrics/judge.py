@@ -4,7 +4,9 @@ Pipeline, for generated images and, as the floor, for as many real training imag
   images --evaluator--> features (N, 128) and class probabilities (N, 10)
          --quality-->   FID and KID against the test split, classifier score,
                         precision and recall (k=3) against the test split
-         --evaluator--> class histogram, modes covered, KL to uniform.
+         --evaluator--> class histogram, modes covered, KL to uniform;
+                        with the labels the samples were drawn for (a conditional
+                        generator): class accuracy, the share classified as their label.
 
 Stacked MNIST (three digits in R, G, B) is judged channel by channel with the MNIST
 evaluator: the class is 100 r + 10 g + b (1000 modes) and the features are the three
@@ -74,8 +76,10 @@ def figures(features, probs, predicted, test_features, test_radii, num_classes: 
 
 
 def judge(images: torch.Tensor, dataset: str, data_dir: str | None = None, *, seed: int = 0,
-          floor: bool = True, progress: bool = True) -> dict:
-    """All figures for uint8 images (N, C, 28, 28) of `dataset`, plus the floor for N real ones."""
+          floor: bool = True, progress: bool = True, labels: torch.Tensor | None = None) -> dict:
+    """All figures for uint8 images (N, C, 28, 28) of `dataset`, plus the floor for N real ones.
+    `labels` (N,): the class each image was asked to be (stacked-mnist: 100 r + 10 g + b);
+    given, the result has "class_accuracy", the share the evaluator puts in that class."""
     if dataset not in JUDGED:
         raise UserError(f"gankit eval judges {', '.join(JUDGED)} samples; '{dataset}' has no evaluator "
                         "(it needs labelled 28x28 data)")
@@ -85,11 +89,16 @@ def judge(images: torch.Tensor, dataset: str, data_dir: str | None = None, *, se
                         f"got {images.dtype} {tuple(images.shape)}")
     if len(images) < 10:
         raise UserError(f"need at least 10 samples to judge, got {len(images)}")
+    if labels is not None and tuple(labels.shape) != (len(images),):
+        raise ValueError(f"labels of shape {tuple(labels.shape)} for {len(images)} images")
     evaluator = evaluator_for(dataset, data_dir, progress)
     num_classes = 1000 if dataset == "stacked-mnist" else 10
     ref = reference(evaluator, dataset, data_dir, seed, len(images) if floor else 0)
-    result = figures(*embed(evaluator, images), ref["test_features"], ref["test_radii"], num_classes, seed)
+    features, probs, predicted = embed(evaluator, images)
+    result = figures(features, probs, predicted, ref["test_features"], ref["test_radii"], num_classes, seed)
     result["n"] = len(images)
+    if labels is not None:
+        result["class_accuracy"] = (predicted.cpu() == labels.cpu().long()).float().mean().item()
     if floor:
         result["floor"] = ref["floor"]
     return result

@@ -25,11 +25,20 @@ class GanTask:
     def __init__(self, config: TrainConfig, *, channels: int, device: torch.device):
         self.nz = config.nz
         self.device = device
+        # --conditional: G and D take the class label (0: unconditional, as before).
+        self.num_classes = (config.num_classes or 0) if config.conditional else 0
+        if config.conditional and not self.num_classes:
+            raise ValueError("a conditional GanTask needs config.num_classes")
+        # The per-epoch grid: one row per class, the same 10 z's in every row (a column is
+        # one z, one style, across the classes); else 8 a row, as in the tutorial.
+        self.grid_columns = 10 if 0 < self.num_classes <= 10 else 8
         self.generator = Generator(image_size=config.image_size, channels=channels, nz=config.nz,
-                                   width=config.width, edge=config.edge).to(device)
+                                   width=config.width, edge=config.edge,
+                                   num_classes=self.num_classes).to(device)
         self.discriminator = Discriminator(image_size=config.image_size, channels=channels,
                                            width=config.width, edge=config.edge,
-                                           d_input_bn=config.d_input_bn).to(device)
+                                           d_input_bn=config.d_input_bn,
+                                           num_classes=self.num_classes).to(device)
         if config.init == "normal":
             dcgan_init(self.generator)
             dcgan_init(self.discriminator)
@@ -63,22 +72,37 @@ class GanTask:
             return torch.randn(n, self.nz, generator=generator).to(self.device)
         return torch.randn(n, self.nz, device=self.device)
 
-    def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One training step on a batch of real images (N, C, S, S) in [-1, 1].
+    def fake_labels(self, n: int) -> torch.Tensor | None:
+        """Labels for n fakes, uniform over the classes, drawn on the device (no host sync,
+        and a CUDA graph can hold the draw); None for an unconditional GAN."""
+        if not self.num_classes:
+            return None
+        return torch.randint(0, self.num_classes, (n,), device=self.device)
+
+    def step(self, real: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One training step on a batch of real images (N, C, S, S) in [-1, 1], and for a
+        conditional GAN their labels (N,) int64.
 
         Returns 0-d tensors on the device; the caller decides when to read them,
         so a step never waits for the host.
         """
         n = real.shape[0]
+        if self.num_classes and labels is None:
+            raise ValueError("a conditional GAN's step needs the real images' labels")
+        if not self.num_classes:
+            labels = None  # an unconditional GAN ignores labels
         real = real.contiguous(memory_format=self.layout)
         ones = torch.ones(n, device=real.device)
         zeros = torch.zeros(n, device=real.device)
 
         # (1) Update D: maximize log D(x) + log(1 - D(G(z))).
         # fake.detach(): D's loss must not send gradients into G.
-        fake = self.generator(self.noise(n))
-        logits_real = self.discriminator(real)                 # (N,)
-        logits_fake = self.discriminator(fake.detach())        # (N,)
+        # Conditional: D sees real images with their labels, fakes with the labels they were made for.
+        z = self.noise(n)
+        y = self.fake_labels(n)
+        fake = self.generator(z) if y is None else self.generator(z, y)
+        logits_real = self.discriminator(real) if labels is None else self.discriminator(real, labels)  # (N,)
+        logits_fake = self.discriminator(fake.detach()) if y is None else self.discriminator(fake.detach(), y)
         loss_d = self.bce(logits_real, ones) + self.bce(logits_fake, zeros)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -88,9 +112,11 @@ class GanTask:
         # loss of Goodfellow et al. 2014, Sec. 3.
         # D's weights get no gradient here: the G update does not use it, and the next D
         # update would throw it away (its zero_grad). The same training, less work.
-        fake = self.generator(self.noise(n))
+        z = self.noise(n)
+        y = self.fake_labels(n)  # a fresh draw with the fresh z
+        fake = self.generator(z) if y is None else self.generator(z, y)
         self.discriminator.requires_grad_(False)
-        loss_g = self.bce(self.discriminator(fake), ones)
+        loss_g = self.bce(self.discriminator(fake) if y is None else self.discriminator(fake, y), ones)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.discriminator.requires_grad_(True)
@@ -106,16 +132,31 @@ class GanTask:
             "d_fake": torch.sigmoid(logits_fake.detach().float()).mean(),
         }
 
+    def balanced_labels(self, n: int) -> torch.Tensor:
+        """0, 1, ..., C-1, 0, 1, ...: n labels, every class as often as n allows."""
+        return torch.arange(n, device=self.device) % self.num_classes
+
     @torch.no_grad()
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [-1, 1] from z (from the averaged G when --ema is on), with BatchNorm
-        in eval mode: an image depends on its own z only, not on the rest of the batch."""
+        in eval mode: an image depends on its own z only, not on the rest of the batch.
+        A conditional GAN draws image i as class labels[i] (default: balanced_labels)."""
         sampler = self.generator if self.generator_ema is None else self.generator_ema
         with eval_mode(sampler):
-            return sampler(z)
+            if not self.num_classes:
+                return sampler(z)
+            if labels is None:
+                labels = self.balanced_labels(z.shape[0])
+            return sampler(z, labels.to(self.device))
 
     def pictures(self, fixed_z: torch.Tensor, shown: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The per-epoch grids, in [-1, 1]: the fixed noise's images."""
+        """The per-epoch grids, in [-1, 1]: the fixed noise's images. Conditional, with at
+        most 10 classes: one row per class, the first 10 fixed z's in every row."""
+        if 0 < self.num_classes <= 10:
+            cols = self.grid_columns
+            z = fixed_z[:cols].repeat(self.num_classes, 1)                       # row r: z_0 .. z_9
+            labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(cols)
+            return {"fake": self.generate(z, labels)}
         return {"fake": self.generate(fixed_z)}
 
     def evaluate(self, test: torch.Tensor, generator: torch.Generator) -> dict[str, float]:

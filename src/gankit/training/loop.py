@@ -2,9 +2,10 @@
 
 It reads top to bottom as one run. The model-specific part is a task object
 (gankit.training.gan.GanTask, gankit.training.vae.VaeTask) with `modules`,
-`optimizers`, `metric_names`, `step(batch)`, `noise(n, generator)`, `generate(z)`,
-`pictures(fixed_z, shown)` and `evaluate(test, generator)`; the loop knows nothing
-else about it.
+`optimizers`, `metric_names`, `step(batch, labels=None)`, `noise(n, generator)`,
+`generate(z, labels=None)`, `pictures(fixed_z, shown)` and `evaluate(test, generator)`
+(and optionally `grid_columns`, the per-epoch grids' width); the loop knows nothing
+else about it. Labels reach the step only for a --conditional run.
 
 Exact resume: the batch order of epoch e is a permutation seeded by (seed, e), so
 the position inside an epoch follows from the step count alone; the global RNG
@@ -29,7 +30,7 @@ import gankit
 from gankit import report, sampling
 from gankit.board import open_board
 from gankit.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint
-from gankit.config import TrainConfig, parse_save_every, validate
+from gankit.config import CONDITIONAL_NEEDS_LABELS, TrainConfig, parse_save_every, validate
 from gankit.data import ImageData, default_image_size, load_dataset, to_model, to_native
 from gankit.errors import UserError
 from gankit.training.gan import GanTask
@@ -78,7 +79,8 @@ def make_task(config: TrainConfig, channels: int, device: torch.device, native_s
     return task
 
 
-SHAPE_SETTINGS = ("model", "image_size", "channels", "nz", "latent_dim", "width", "edge", "d_input_bn")
+SHAPE_SETTINGS = ("model", "image_size", "channels", "nz", "latent_dim", "width", "edge", "d_input_bn",
+                  "conditional", "num_classes")
 
 
 def load_states(task, state: dict, config: TrainConfig) -> None:
@@ -115,7 +117,17 @@ def resolve_data_config(config: TrainConfig, data: ImageData) -> TrainConfig:
         size = data.native_size
     else:
         size = config.image_size or default_image_size(config.dataset)
-    return dataclasses.replace(config, image_size=size, channels=data.channels)
+    num_classes = config.num_classes
+    if config.conditional:
+        if len(data) == 0 or int(data.labels.min()) < 0:  # a folder without class subfolders
+            raise UserError(CONDITIONAL_NEEDS_LABELS)
+        # stacked-mnist: 1000 classes, though a small --stacked-size may not draw them all.
+        found = 1000 if config.dataset == "stacked-mnist" else int(data.labels.max()) + 1
+        num_classes = num_classes or found
+        if found > num_classes:
+            raise UserError(f"the data has labels up to {found - 1}, but this run was made for "
+                            f"{num_classes} classes; train a new run on this data")
+    return dataclasses.replace(config, image_size=size, channels=data.channels, num_classes=num_classes)
 
 
 @contextmanager
@@ -212,7 +224,7 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                             image_size=config.image_size, channels=config.channels,
                             fake_size=max(config.fake_size // 4, 32), seed=config.seed, log=log)
     shown = to_model((test if test is not None else data).images[:32].to(device), config.image_size)
-    batches = Batches(data.images, batch_size=config.batch_size, seed=config.seed, image_size=config.image_size,
+    batches = Batches(data.images, data.labels if config.conditional else None, batch_size=config.batch_size, seed=config.seed, image_size=config.image_size,
                       device=device, log=log)
     steps_per_epoch = batches.steps_per_epoch
     total = config.epochs * steps_per_epoch
@@ -233,6 +245,7 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
     dtype = resolve_precision(config.precision, device)
     stepper = Stepper(task, device, dtype=dtype, graph=config.cuda_graph, log=log)
     fixed_z = task.noise(GRID, generator=torch.Generator().manual_seed(config.seed))
+    grid_columns = getattr(task, "grid_columns", 8)  # a conditional GAN: one row per class, 10 z's
     if not (out / "samples" / "real.png").exists():
         pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))[:GRID]
         sampling.save_grid(data.images[pick], out / "samples" / "real.png", nrow=8)
@@ -290,7 +303,10 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                 epoch_clock = time.perf_counter() - sums.get("seconds", 0.0)
                 bar = tqdm(total=steps_per_epoch, initial=i, desc=f"epoch {epoch + 1}/{config.epochs}",
                            disable=not config.progress, leave=True, file=sys.stderr, dynamic_ncols=True)
-            metrics = stepper(batches.batch(epoch, i))
+            if config.conditional:
+                metrics = stepper(batches.batch(epoch, i), batches.labels(epoch, i))
+            else:
+                metrics = stepper(batches.batch(epoch, i))
             for k, v in metrics.items():  # fp32 sums: a bf16 sum stops growing at 256
                 sums[k] = sums.get(k, 0.0) + v.float()
             sums["steps"] = sums.get("steps", 0) + 1
@@ -317,7 +333,7 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                     record.update(judge_samples(task, config, data.native_size, log))
                 for name, pics in task.pictures(fixed_z, shown).items():
                     sampling.save_grid(to_native(pics, data.native_size),
-                                       out / "samples" / f"{name}_epoch_{epoch + 1:03d}.png", nrow=8)
+                                       out / "samples" / f"{name}_epoch_{epoch + 1:03d}.png", nrow=grid_columns)
                 sums = {}
                 checkpoint()
                 last_save = time.monotonic()
@@ -363,9 +379,9 @@ def judge_samples(task, config: TrainConfig, native: int, log) -> dict:
     """The evaluator's figures for EVAL_SAMPLES fresh samples, as `eval_*` metrics."""
     from gankit.metrics.judge import judge
 
-    images = sampling.generate(task, EVAL_SAMPLES, seed=config.seed, native=native)
+    images = sampling.generate(task, EVAL_SAMPLES, seed=config.seed, native=native)  # balanced labels
     result = judge(images, config.dataset, config.data_dir, seed=config.seed, floor=False,
-                   progress=config.progress)
+                   progress=config.progress, labels=sampling.sample_labels(task, EVAL_SAMPLES))
     return {f"eval_{k}": v for k, v in result.items() if k not in ("n", "num_classes")}
 
 

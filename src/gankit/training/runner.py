@@ -1,7 +1,8 @@
 """How a task's step runs on a device: where its batches come from, in which precision,
 and, on CUDA, replayed from one captured graph.
 
-Whatever the mode, the step is the task's own `step(real)`: the eager path calls it,
+Whatever the mode, the step is the task's own `step(real)` (`step(real, labels)` for a
+conditional run): the eager path calls it,
 the graph path captures that same call once and replays it. So a fast run is the same
 training as a plain one, and a change to a step changes every mode at once.
 
@@ -58,11 +59,12 @@ class Batches:
     """The batches of an in-memory uint8 dataset, in the order of (seed, epoch).
 
     `batch(epoch, i)` is batch i of that epoch, scaled to [-1, 1] at the model's size on
-    the device. The last partial batch of an epoch is dropped, so shapes never change
-    (which a captured graph needs), and every image is used at most once per epoch."""
+    the device; `labels(epoch, i)` the labels (int64) of the same images, when labels were
+    given. The last partial batch of an epoch is dropped, so shapes never change (which a
+    captured graph needs), and every image is used at most once per epoch."""
 
-    def __init__(self, images: torch.Tensor, *, batch_size: int, seed: int, image_size: int,
-                 device: torch.device, log=None):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, *, batch_size: int, seed: int,
+                 image_size: int, device: torch.device, log=None):
         self.batch_size, self.seed, self.image_size, self.device = batch_size, seed, image_size, device
         self.n = len(images)
         self.steps_per_epoch = self.n // batch_size
@@ -74,6 +76,13 @@ class Batches:
             self.images = images.pin_memory()
         else:
             self.images = images.to(device)
+        # Beside the images, where they are (a few bytes an image): gathered by the same indices.
+        self._labels = None
+        if labels is not None:
+            if len(labels) != self.n:
+                raise ValueError(f"{len(labels)} labels for {self.n} images")
+            labels = labels.long()
+            self._labels = labels.pin_memory() if self.streamed else labels.to(device)
         self._epoch, self._perm = None, None
 
     def indices(self, epoch: int, i: int) -> torch.Tensor:
@@ -88,6 +97,15 @@ class Batches:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         return to_model(batch, self.image_size)
 
+    def labels(self, epoch: int, i: int) -> torch.Tensor:
+        """The labels (N,) of batch(epoch, i)'s images, in the same order, on the device."""
+        if self._labels is None:
+            raise ValueError("these batches were made without labels")
+        labels = self._labels[self.indices(epoch, i)]
+        if self.streamed:
+            labels = labels.pin_memory().to(self.device, non_blocking=True)
+        return labels
+
 
 def fits_on_gpu(images: torch.Tensor, device: torch.device) -> bool:
     free, _ = torch.cuda.mem_get_info(device)
@@ -95,8 +113,8 @@ def fits_on_gpu(images: torch.Tensor, device: torch.device) -> bool:
 
 
 class Stepper:
-    """Calls task.step(real) under the run's precision; on CUDA with graph=True, from a
-    captured CUDA graph after WARMUP eager steps. Returns the step's 0-d metric tensors
+    """Calls task.step(*batch) (real, or real and labels) under the run's precision; on
+    CUDA with graph=True, from a captured CUDA graph after WARMUP eager steps. Returns the step's 0-d metric tensors
     (with a graph: the same static tensors every time; read or add them before the
     next call)."""
 
@@ -109,36 +127,37 @@ class Stepper:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
 
-    def eager(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    def eager(self, *batch: torch.Tensor) -> dict[str, torch.Tensor]:
         # cache_enabled=False: autocast's weight-cast cache must not outlive a graph capture.
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None,
                             cache_enabled=False):
-            return self.task.step(real)
+            return self.task.step(*batch)
 
-    def __call__(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, *batch: torch.Tensor) -> dict[str, torch.Tensor]:
         if not self.graph:
-            return self.eager(real)
+            return self.eager(*batch)
         if self._graph is None and self.eager_steps < WARMUP:
             self.eager_steps += 1
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                out = self.eager(real)
+                out = self.eager(*batch)
             torch.cuda.current_stream(self.device).wait_stream(side)
             return out
-        if self._graph is None and not self._capture(real):
-            return self.eager(real)
-        self._static_in.copy_(real)
+        if self._graph is None and not self._capture(batch):
+            return self.eager(*batch)
+        for static, given in zip(self._static_in, batch, strict=True):
+            static.copy_(given)
         self._graph.replay()
         return self._static_out
 
-    def _capture(self, real: torch.Tensor) -> bool:
+    def _capture(self, batch: tuple[torch.Tensor, ...]) -> bool:
         """Record one step; nothing runs during the capture, so no step is lost."""
-        static_in = real.clone()
+        static_in = tuple(t.clone() for t in batch)  # one static buffer per input: images, labels
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
-                static_out = self.eager(static_in)
+                static_out = self.eager(*static_in)
         except RuntimeError as e:  # an op that cannot be captured: train on, eagerly
             self.graph = False
             set_capturable(self.task.optimizers.values(), False)

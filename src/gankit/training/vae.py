@@ -119,8 +119,9 @@ class VaeTask:
             return torch.randn(n, self.nz, generator=generator).to(self.device)
         return torch.randn(n, self.nz, device=self.device)
 
-    def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One step on a batch in [-1, 1] (the loop's scale); the VAE works in [0, 1]."""
+    def step(self, real: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One step on a batch in [-1, 1] (the loop's scale); the VAE works in [0, 1].
+        `labels` is ignored: the same call as GanTask.step, for the loop and the Stepper."""
         x = (real + 1) / 2
         recon, kl, _ = elbo_terms(self.model, x, self.native)
         loss = (recon + kl).mean()                             # negative ELBO, nats per image
@@ -130,8 +131,8 @@ class VaeTask:
         return {"neg_elbo": loss.detach(), "recon": recon.mean().detach(), "kl": kl.mean().detach()}
 
     @torch.no_grad()
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """The decoder's mean image in [-1, 1]."""
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's mean image in [-1, 1]; `labels` is ignored (an unconditional model)."""
         with eval_mode(self.model):
             return torch.sigmoid(self.model.decode(z)) * 2 - 1
 
