@@ -77,7 +77,9 @@ def test_eval_refuses_bad_samples(tmp_path, capsys, content, needle):
     assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
 
 
-def test_training_judges_stacked_mnist_at_the_end(tmp_path):
+def test_training_judges_stacked_mnist_at_the_end(tmp_path, monkeypatch):
+    import gankit.training.loop as loop
+    monkeypatch.setattr(loop, "EVAL_SAMPLES", 500)  # the plumbing, not the figure: fewer samples
     run = tmp_path / "run"
     assert main(["train", "--dataset", "stacked-mnist", "--stacked-size", "64", "--data-dir", str(MNIST_DIR),
                  "--width", "8", "--nz", "8", "--batch-size", "16", "--epochs", "2", "--no-progress",
