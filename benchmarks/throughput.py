@@ -12,7 +12,8 @@ the same images (synthetic uint8 noise: throughput does not depend on the pictur
 Warm-up steps (and the graph capture) are excluded; rounds alternate (a) and (b) and the
 best round of each counts, so that a busy machine slows both alike. Prints one JSON
 object: images/s of each at batch 128 and 32x32, `ratio` = b / a, and a sweep over batch
-size and image size with the peak memory of each.
+size and image size with the peak memory of each (on a CPU, of (b) alone, one timed step
+a point: a rough guide to scaling; the ratio is the measured figure).
 
   python benchmarks/throughput.py                   # CPU, about 2-3 minutes on 2 cores
   python benchmarks/throughput.py --device cuda
@@ -140,12 +141,14 @@ def timed(loop, steps: int, batch_size: int, device: torch.device) -> float:
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def compare(images, batch_size, size, device, args, rounds, steps, warmup) -> dict:
-    """images/s of (a) and (b), best of `rounds` alternating rounds; peak memory of each."""
+def compare(images, batch_size, size, device, args, rounds, steps, warmup, plain: bool = True) -> dict:
+    """images/s of (a) and (b) (or of (b) alone), best of `rounds` alternating rounds; peak
+    memory of each on CUDA."""
     result = {"batch_size": batch_size, "image_size": size}
     loops = {}
-    for name, make in (("plain", lambda: Plain(images, batch_size, size, device)),
-                       ("gankit", lambda: Gankit(images, batch_size, size, device, args.precision, args.graph))):
+    makers = [("plain", lambda: Plain(images, batch_size, size, device))] if plain else []
+    makers.append(("gankit", lambda: Gankit(images, batch_size, size, device, args.precision, args.graph)))
+    for name, make in makers:
         torch.manual_seed(0)
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -164,7 +167,8 @@ def compare(images, batch_size, size, device, args, rounds, steps, warmup) -> di
                 result[f"{name}_peak_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     for name in loops:
         result[f"{name}_images_per_s"] = round(best[name], 1)
-    result["ratio"] = round(best["gankit"] / best["plain"], 3)
+    if plain:
+        result["ratio"] = round(best["gankit"] / best["plain"], 3)
     return result
 
 
@@ -175,7 +179,10 @@ def main() -> None:
     p.add_argument("--no-graph", dest="graph", action="store_false", help="(b) without the CUDA graph")
     p.add_argument("--steps", type=int, help="timed steps per round at batch 128, 32x32 (cpu 8, cuda 200)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--sweep-steps", type=int, help="timed steps per sweep point (cpu 2, cuda 50)")
+    p.add_argument("--sweep-steps", type=int, help="timed steps per sweep point (cpu 1, cuda 50)")
+    p.add_argument("--sweep-plain", action=argparse.BooleanOptionalAction,
+                   help="time the plain loop in the sweep too (default: on cuda; on a cpu it would "
+                   "double the 3 minutes)")
     p.add_argument("--batch-sizes", type=int, nargs="*", default=[64, 128, 256, 512, 1024])
     p.add_argument("--image-sizes", type=int, nargs="*", default=[32, 64])
     args = p.parse_args()
@@ -184,7 +191,8 @@ def main() -> None:
         sys.exit("error: --device cuda, but PyTorch sees no CUDA GPU")
     cuda = device.type == "cuda"
     steps = args.steps or (200 if cuda else 8)
-    sweep_steps = args.sweep_steps or (50 if cuda else 2)
+    sweep_steps = args.sweep_steps or (50 if cuda else 1)
+    sweep_plain = cuda if args.sweep_plain is None else args.sweep_plain
     warmup = WARMUP + 2  # covers (b)'s eager steps and its capture
 
     started = time.perf_counter()
@@ -195,7 +203,7 @@ def main() -> None:
     sweep = []
     for size in args.image_sizes:
         for bs in args.batch_sizes:
-            point = compare(data[size], bs, size, device, args, 1, sweep_steps, warmup if cuda else 1)
+            point = compare(data[size], bs, size, device, args, 1, sweep_steps, warmup if cuda else 1, sweep_plain)
             sweep.append(point)
             print(json.dumps(point), file=sys.stderr, flush=True)
     dtype = resolve_precision(args.precision, device)
