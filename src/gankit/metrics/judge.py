@@ -43,6 +43,10 @@ def evaluator_for(dataset: str, data_dir: str | None, progress: bool = True, tra
                                    progress=progress, log=lambda m: print(m, file=sys.stderr))
 
 
+def classes_of(dataset: str) -> int:
+    return 1000 if dataset == "stacked-mnist" else 10
+
+
 def evaluator_cache() -> Path:
     return default_data_root() / "evaluators"
 
@@ -92,7 +96,7 @@ def judge(images: torch.Tensor, dataset: str, data_dir: str | None = None, *, se
     if labels is not None and tuple(labels.shape) != (len(images),):
         raise ValueError(f"labels of shape {tuple(labels.shape)} for {len(images)} images")
     evaluator = evaluator_for(dataset, data_dir, progress)
-    num_classes = 1000 if dataset == "stacked-mnist" else 10
+    num_classes = classes_of(dataset)
     ref = reference(evaluator, dataset, data_dir, seed, len(images) if floor else 0)
     features, probs, predicted = embed(evaluator, images)
     result = figures(features, probs, predicted, ref["test_features"], ref["test_radii"], num_classes, seed)
@@ -119,10 +123,10 @@ def reference(evaluator, dataset: str, data_dir: str | None, seed: int, n_floor:
         try:
             ref = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # unreadable: computed afresh and rewritten below
-            ref = None
+            pass
     if ref is not None and (not n_floor or n_floor in ref["floors"]):
         return {**ref, "floor": ref["floors"].get(n_floor)}
-    num_classes = 1000 if dataset == "stacked-mnist" else 10
+    num_classes = classes_of(dataset)
     if ref is None:
         test_features, _, _ = embed(evaluator, test.images)
         ref = {"test_features": test_features, "test_radii": knn_radii(test_features), "floors": {}}

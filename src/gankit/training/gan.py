@@ -100,9 +100,9 @@ class GanTask:
         # Conditional: D sees real images with their labels, fakes with the labels they were made for.
         z = self.noise(n)
         y = self.fake_labels(n)
-        fake = self.generator(z) if y is None else self.generator(z, y)
-        logits_real = self.discriminator(real) if labels is None else self.discriminator(real, labels)  # (N,)
-        logits_fake = self.discriminator(fake.detach()) if y is None else self.discriminator(fake.detach(), y)
+        fake = self.generator(z, y)
+        logits_real = self.discriminator(real, labels)         # (N,)
+        logits_fake = self.discriminator(fake.detach(), y)     # (N,)
         loss_d = self.bce(logits_real, ones) + self.bce(logits_fake, zeros)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -114,9 +114,9 @@ class GanTask:
         # update would throw it away (its zero_grad). The same training, less work.
         z = self.noise(n)
         y = self.fake_labels(n)  # a fresh draw with the fresh z
-        fake = self.generator(z) if y is None else self.generator(z, y)
+        fake = self.generator(z, y)
         self.discriminator.requires_grad_(False)
-        loss_g = self.bce(self.discriminator(fake) if y is None else self.discriminator(fake, y), ones)
+        loss_g = self.bce(self.discriminator(fake, y), ones)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.discriminator.requires_grad_(True)

@@ -224,8 +224,8 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                             image_size=config.image_size, channels=config.channels,
                             fake_size=max(config.fake_size // 4, 32), seed=config.seed, log=log)
     shown = to_model((test if test is not None else data).images[:32].to(device), config.image_size)
-    batches = Batches(data.images, data.labels if config.conditional else None, batch_size=config.batch_size, seed=config.seed, image_size=config.image_size,
-                      device=device, log=log)
+    batches = Batches(data.images, data.labels if config.conditional else None, batch_size=config.batch_size,
+                      seed=config.seed, image_size=config.image_size, device=device, log=log)
     steps_per_epoch = batches.steps_per_epoch
     total = config.epochs * steps_per_epoch
     if config.max_steps:
