@@ -20,7 +20,21 @@ from torch import nn
 from gankit.models.dcgan import Discriminator, Generator
 
 
-class ConvVAE(nn.Module):
+class VAE(nn.Module):
+    """What both VAEs share: one forward pass x -> (mu, logvar, logits), so that
+    DistributedDataParallel, which hooks forward(), sees the whole training pass."""
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
+        """x in [0, 1] -> mu, logvar (fp32, also under autocast: the bound is taken in fp32)
+        and the logits of the decoding of z = mu + eps * sigma (eps ~ N(0, I) unless given)."""
+        mu, logvar = (t.float() for t in self.encode(x))
+        if eps is None:
+            eps = torch.randn_like(mu)
+        z = mu + eps * torch.exp(0.5 * logvar)                     # reparameterization trick
+        return mu, logvar, self.decode(z)
+
+
+class ConvVAE(VAE):
     def __init__(self, *, image_size: int = 32, channels: int = 1, latent_dim: int = 32, width: int = 32):
         super().__init__()
         self.latent_dim = latent_dim
@@ -38,7 +52,7 @@ class ConvVAE(nn.Module):
         return self.decoder(z)
 
 
-class MlpVAE(nn.Module):
+class MlpVAE(VAE):
     """784-400-20, ReLU, sigmoid output (here: logits; the loss applies the sigmoid)."""
 
     def __init__(self, *, image_size: int = 28, channels: int = 1, latent_dim: int = 20, hidden: int = 400):

@@ -53,6 +53,18 @@ class GanTask:
         self.bce = nn.BCEWithLogitsLoss()
         # Made after the init and the layout change, so that it starts as an exact copy of G.
         self.generator_ema = Ema(self.generator, config.ema) if config.ema else None
+        # What the step calls for the passes that update weights: under torchrun, the DDP wrappers.
+        self.train_generator, self.train_discriminator = self.generator, self.discriminator
+
+    def distribute(self, ranks) -> None:
+        """Train as one of several ranks (gankit.distributed): synchronized BatchNorm, and
+        the forward passes whose backward updates a net under DistributedDataParallel.
+        The other passes (G's fakes for D's update, D's verdict for G's) call the bare
+        module: DDP expects a backward into the weights of every pass it sees."""
+        from gankit.distributed import sync_batchnorm
+
+        self.train_generator = ranks.wrap(sync_batchnorm(self.generator))
+        self.train_discriminator = ranks.wrap(sync_batchnorm(self.discriminator))
 
     @property
     def modules(self) -> dict[str, nn.Module]:
@@ -96,13 +108,14 @@ class GanTask:
         zeros = torch.zeros(n, device=real.device)
 
         # (1) Update D: maximize log D(x) + log(1 - D(G(z))).
-        # fake.detach(): D's loss must not send gradients into G.
+        # no_grad: D's loss must not send gradients into G (the tutorial's fake.detach()).
         # Conditional: D sees real images with their labels, fakes with the labels they were made for.
         z = self.noise(n)
         y = self.fake_labels(n)
-        fake = self.generator(z, y)
-        logits_real = self.discriminator(real, labels)         # (N,)
-        logits_fake = self.discriminator(fake.detach(), y)     # (N,)
+        with torch.no_grad():
+            fake = self.generator(z, y)
+        logits_real = self.train_discriminator(real, labels)   # (N,)
+        logits_fake = self.train_discriminator(fake, y)        # (N,)
         loss_d = self.bce(logits_real, ones) + self.bce(logits_fake, zeros)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -114,7 +127,7 @@ class GanTask:
         # update would throw it away (its zero_grad). The same training, less work.
         z = self.noise(n)
         y = self.fake_labels(n)  # a fresh draw with the fresh z
-        fake = self.generator(z, y)
+        fake = self.train_generator(z, y)
         self.discriminator.requires_grad_(False)
         loss_g = self.bce(self.discriminator(fake, y), ones)
         self.opt_g.zero_grad(set_to_none=True)

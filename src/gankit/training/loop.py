@@ -15,6 +15,7 @@ metrics. N steps straight and N/2 + resume + N/2 give identical weights on CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -32,12 +33,14 @@ from gankit.board import open_board
 from gankit.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint
 from gankit.config import CONDITIONAL_NEEDS_LABELS, TrainConfig, parse_save_every, validate
 from gankit.data import ImageData, default_image_size, load_dataset, to_model, to_native
+from gankit.distributed import Ranks, noise_seed, weights_digest, world_size
 from gankit.errors import UserError
 from gankit.training.gan import GanTask
 from gankit.training.runner import Batches, Stepper, resolve_precision
 from gankit.training.vae import VaeTask
 
 GRID = 64  # images in the per-epoch grids: 8x8, as in the tutorial
+SYNC_EVERY = 25  # steps between the loop's reads of device values (and, under torchrun, the ranks' agreement)
 
 
 class Diverged(UserError):
@@ -60,7 +63,10 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name} was asked for but PyTorch sees no CUDA GPU; use --device cpu "
                         "(or install a CUDA build of PyTorch, see the README)")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:  # torch's own message lists twenty device types
+        raise UserError(f"--device {name[:40]!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
 def build_task(config: TrainConfig, channels: int, device: torch.device, native_size: int):
@@ -111,8 +117,6 @@ def load_states(task, state: dict, config: TrainConfig) -> None:
 
 def resolve_data_config(config: TrainConfig, data: ImageData) -> TrainConfig:
     """Fill in the sizes that depend on the data, so config.json says what really ran."""
-    import dataclasses
-
     if config.model == "vae-mlp":  # an MLP sees the native pixels, no padding
         size = data.native_size
     else:
@@ -197,56 +201,109 @@ def default_out(config: TrainConfig) -> Path:
 
 
 def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
-    """Train from scratch, or go on from a checkpoint's state. Returns the run folder."""
+    """Train from scratch, or go on from a checkpoint's state. Returns the run folder.
+
+    Under torchrun every rank calls this (gankit.distributed says what differs per rank);
+    only rank 0 logs and writes."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     config = config.resolved()
     validate(config)
     device = pick_device(config.device)
+    world = world_size()
+    if config.batch_size % world:  # checked before the processes meet: each says it and leaves
+        raise UserError(f"--batch-size {config.batch_size} (the global batch) does not split evenly over "
+                        f"{world} processes; use a multiple of {world}")
+    ranks = Ranks.start(device)
+    try:
+        return _train(config, resume, log if ranks.main else (lambda msg: None),
+                      ranks.device if ranks.world > 1 else device, ranks)
+    finally:
+        ranks.close()
 
+
+def rank_rng(saved: dict, ranks: Ranks, seed: int, step: int, log) -> dict | int:
+    """This rank's random state ({"cpu", "cuda"}) from a checkpoint's `rng`: its own when
+    the run had as many ranks. Else rank 0 goes on with rank 0's, and each other rank
+    gets a new seed (an int) derived from (seed, rank, step)."""
+    per_rank = saved.get("ranks")
+    if per_rank is not None and len(per_rank) == ranks.world:
+        return per_rank[ranks.rank]
+    had = len(per_rank) if per_rank is not None else 1
+    if had != ranks.world:
+        log(f"note: this run was trained by {had} process(es) and goes on with {ranks.world}; the data order "
+            "and the global batch stay the same, the other ranks' noise starts from new seeds, so it goes on "
+            "correctly but not bit for bit as it would have")
+    return saved if ranks.main else noise_seed(seed, ranks.rank) + step
+
+
+def _train(config: TrainConfig, resume: dict | None, log, device: torch.device, ranks: Ranks) -> Path:
     # Data first: a missing dataset must fail before anything is written.
-    data = load_dataset(config.dataset, split="train", data_dir=config.data_dir,
-                        image_size=config.image_size, channels=config.channels,
-                        fake_size=config.fake_size, stacked_size=config.stacked_size, seed=config.seed, log=log)
+    data = ranks.main_first(lambda: load_dataset(
+        config.dataset, split="train", data_dir=config.data_dir, image_size=config.image_size,
+        channels=config.channels, fake_size=config.fake_size, stacked_size=config.stacked_size,
+        seed=config.seed, log=log))
     config = resolve_data_config(config, data)
     if config.batch_size > len(data):
         raise UserError(f"--batch-size {config.batch_size} is larger than the dataset "
                         f"({len(data)} images); use a smaller batch size")
-    out = Path(config.out) if config.out else default_out(config)
+    # Rank 0 picks and prepares the run folder; the others learn where it is, or its error.
+    error = None
+    if ranks.main:
+        out = Path(config.out) if config.out else default_out(config)
+        try:
+            prepare_out(out, resuming=resume is not None)
+        except UserError as e:
+            error = e
+    out = Path(ranks.broadcast(str(out) if ranks.main else None))
+    ranks.agree(error)
     config.out = str(out)
-    prepare_out(out, resuming=resume is not None)
 
     task = make_task(config, data.channels, device, data.native_size, resume)
+    if ranks.world > 1:
+        task.distribute(ranks)
     # Held-out images for the per-epoch test figures and reconstruction grids, where the
     # dataset has a test split; folders have none and use training images for pictures.
     test = None
     if config.dataset != "folder":
-        test = load_dataset(config.dataset, split="test", data_dir=config.data_dir,
-                            image_size=config.image_size, channels=config.channels,
-                            fake_size=max(config.fake_size // 4, 32), seed=config.seed, log=log)
+        test = ranks.main_first(lambda: load_dataset(
+            config.dataset, split="test", data_dir=config.data_dir, image_size=config.image_size,
+            channels=config.channels, fake_size=max(config.fake_size // 4, 32), seed=config.seed, log=log))
     shown = to_model((test if test is not None else data).images[:32].to(device), config.image_size)
     batches = Batches(data.images, data.labels if config.conditional else None, batch_size=config.batch_size,
-                      seed=config.seed, image_size=config.image_size, device=device, log=log)
+                      seed=config.seed, image_size=config.image_size, device=device, log=log, shard=ranks.shard)
     steps_per_epoch = batches.steps_per_epoch
     total = config.epochs * steps_per_epoch
     if config.max_steps:
         total = min(total, config.max_steps)
     step = resume["step"] if resume else 0
-    sums = dict(resume.get("epoch_sums", {})) if resume else {}
+    sums = {}
     if resume:
-        torch.set_rng_state(resume["rng"]["cpu"])
-        if device.type == "cuda" and resume["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
+        rng = rank_rng(resume["rng"], ranks, config.seed, step, log)
+        if isinstance(rng, int):
+            torch.manual_seed(rng)
+        else:
+            torch.set_rng_state(rng["cpu"])
+            if device.type == "cuda" and rng.get("cuda") is not None:
+                torch.cuda.set_rng_state(rng["cuda"], device)
+            sums = dict(rng.get("epoch_sums", resume.get("epoch_sums", {})))
+    elif ranks.rank:
+        torch.manual_seed(noise_seed(config.seed, ranks.rank))  # after the init: same weights, other noise
+    if resume and ranks.main:
         _trim_metrics(out / "metrics.jsonl", step)
         remove_stale_temps(out / "checkpoints")
         for folder in (out, out / "samples"):
             sampling.remove_stale_writes(folder)
-    _write_json(out / "config.json", config.to_dict())
+    if ranks.main:
+        _write_json(out / "config.json", config.to_dict())
 
     dtype = resolve_precision(config.precision, device)
-    stepper = Stepper(task, device, dtype=dtype, graph=config.cuda_graph, log=log)
+    graph = config.cuda_graph and ranks.world == 1
+    if config.cuda_graph and device.type == "cuda" and not graph:
+        log("note: no CUDA graph under torchrun: DDP's all-reduces run outside a captured step")
+    stepper = Stepper(task, device, dtype=dtype, graph=graph, log=log)
     fixed_z = task.noise(GRID, generator=torch.Generator().manual_seed(config.seed))
     grid_columns = getattr(task, "grid_columns", 8)  # a conditional GAN: one row per class, 10 z's
-    if not (out / "samples" / "real.png").exists():
+    if ranks.main and not (out / "samples" / "real.png").exists():
         pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))[:GRID]
         sampling.save_grid(data.images[pick], out / "samples" / "real.png", nrow=8)
 
@@ -259,9 +316,22 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                            f"the last good checkpoint in '{out}/checkpoints' is kept; lower --lr or change the recipe")
 
     def checkpoint() -> None:
+        """Every rank calls this; rank 0 writes every rank's random state and epoch sums,
+        once it has checked that all ranks hold the same weights."""
         check_finite()
-        rng = {"cpu": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        own = {"cpu": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+               "epoch_sums": {k: float(v) for k, v in sums.items()}}
+        everyone = ranks.gather((own, weights_digest(task.modules) if ranks.world > 1 else None))
+        digests = {d for _, d in everyone}
+        if len(digests) > 1:
+            raise Diverged(f"the {ranks.world} ranks hold different weights at step {step}; the last good "
+                           f"checkpoint in '{out}/checkpoints' is kept (a gankit bug: please report it)")
+        if not ranks.main:
+            return
+        rng = {"cpu": own["cpu"], "cuda": own["cuda"]}
+        if ranks.world > 1:
+            rng["ranks"] = [r for r, _ in everyone]
         state = {
             "gankit_version": gankit.__version__,
             "kind": config.model,
@@ -272,8 +342,10 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
             "modules": {k: m.state_dict() for k, m in task.modules.items()},
             "optimizers": {k: o.state_dict() for k, o in task.optimizers.items()},
             "rng": rng,
-            "epoch_sums": {k: float(v) for k, v in sums.items()},
+            "epoch_sums": own["epoch_sums"],
         }
+        if ranks.world > 1:
+            state["weights_digest"] = digests.pop()
         try:
             save_checkpoint(state, out / "checkpoints")
         except OSError as e:
@@ -286,23 +358,27 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
         return out
     recipe = f" ({config.recipe} recipe)" if config.model == "dcgan" else ""
     mode = ("bf16" if dtype is not None else "fp32") + (", CUDA graph" if stepper.graph else "")
+    where = f"{device} ({mode})" if ranks.world == 1 else \
+        f"{ranks.world} processes on {device.type} ({mode}), {config.batch_size // ranks.world} images a rank"
     log(f"training {config.model}{recipe} on {config.dataset}: {len(data)} images, "
-        f"{steps_per_epoch} steps per epoch, {device} ({mode}), run folder {out}")
+        f"{steps_per_epoch} steps per epoch, {where}, run folder {out}")
 
     if resume is None:
         checkpoint()  # step 0: a run folder always holds a checkpoint that loads and resumes
     save_steps, save_seconds = parse_save_every(config.save_every)
     last_save = time.monotonic()
     bar = None
+    stopped = 0  # the signal number of an agreed stop request
     session_start = time.perf_counter()
     epoch_clock = time.perf_counter()
-    with stop_requests() as stop, open_board(out, config, step, log) as board:
+    board_config = config if ranks.main else dataclasses.replace(config, tensorboard=False)
+    with stop_requests() as stop, open_board(out, board_config, step, log) as board:
         while step < total:
             epoch, i = divmod(step, steps_per_epoch)
             if bar is None or i == 0:
                 epoch_clock = time.perf_counter() - sums.get("seconds", 0.0)
                 bar = tqdm(total=steps_per_epoch, initial=i, desc=f"epoch {epoch + 1}/{config.epochs}",
-                           disable=not config.progress, leave=True, file=sys.stderr, dynamic_ncols=True)
+                           disable=not (config.progress and ranks.main), leave=True, file=sys.stderr, dynamic_ncols=True)
             if config.conditional:
                 metrics = stepper(batches.batch(epoch, i), batches.labels(epoch, i))
             else:
@@ -311,54 +387,65 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                 sums[k] = sums.get(k, 0.0) + v.float()
             sums["steps"] = sums.get("steps", 0) + 1
             step += 1
-            if step % 25 == 0:
-                check_finite()  # reads the sums: one host sync per 25 steps, not per step
+            if step % SYNC_EVERY == 0:
+                check_finite()  # reads the sums: one host sync per SYNC_EVERY steps, not per step
                 board.step(step, metrics)
             if bar is not None:
                 bar.update(1)
-                if step % 25 == 0 or step % steps_per_epoch == 0:
+                if step % SYNC_EVERY == 0 or step % steps_per_epoch == 0:
                     seconds = time.perf_counter() - epoch_clock
                     shown_now = {k: f"{float(metrics[k]):.3f}" for k in task.metric_names[:2]}
                     bar.set_postfix(**shown_now, img_s=f"{sums['steps'] * config.batch_size / max(seconds, 1e-9):.0f}")
 
-            if step % steps_per_epoch == 0:  # end of an epoch
+            end_of_epoch = step % steps_per_epoch == 0
+            if end_of_epoch:
                 bar.close()
                 sums["seconds"] = time.perf_counter() - epoch_clock
+                sums.update(ranks.mean({k: v for k, v in sums.items() if torch.is_tensor(v)}))  # over all shards
                 record = epoch_record(epoch + 1, step, sums, config.batch_size)
                 check_finite()
-                if test is not None:
-                    eval_rng = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-                    record.update(task.evaluate(test.images, eval_rng))
-                if wants_eval(config, epoch + 1, last=step == total):
-                    record.update(judge_samples(task, config, data.native_size, log))
-                for name, pics in task.pictures(fixed_z, shown).items():
-                    sampling.save_grid(to_native(pics, data.native_size),
-                                       out / "samples" / f"{name}_epoch_{epoch + 1:03d}.png", nrow=grid_columns)
+                if ranks.main:
+                    if test is not None:
+                        eval_rng = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+                        record.update(task.evaluate(test.images, eval_rng))
+                    if wants_eval(config, epoch + 1, last=step == total):
+                        record.update(judge_samples(task, config, data.native_size, log))
+                    for name, pics in task.pictures(fixed_z, shown).items():
+                        sampling.save_grid(to_native(pics, data.native_size),
+                                           out / "samples" / f"{name}_epoch_{epoch + 1:03d}.png", nrow=grid_columns)
                 sums = {}
                 checkpoint()
                 last_save = time.monotonic()
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                board.epoch(step, record, out / "samples")
-                report.refresh(out, log)  # losses.png and progress.gif
-                log(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()
-                                                      if k not in ("epoch", "step", "seconds")
-                                                      and isinstance(v, (int, float))))
-            elif (save_steps and step % save_steps == 0) or \
-                    (save_seconds and time.monotonic() - last_save >= save_seconds):
+                if ranks.main:
+                    with open(out / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    board.epoch(step, record, out / "samples")
+                    report.refresh(out, log)  # losses.png and progress.gif
+                    log(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()
+                                                          if k not in ("epoch", "step", "seconds")
+                                                          and isinstance(v, (int, float))))
+            # A stop request and a timed save are decided where the ranks meet (every step
+            # in one process), so that all ranks stop or save after the same step.
+            if ranks.world == 1 or step % SYNC_EVERY == 0:
+                stopped, timed = ranks.max(stop[0] if stop else 0,
+                                           int(bool(save_seconds) and time.monotonic() - last_save >= save_seconds))
+            else:
+                timed = 0
+            if not end_of_epoch and ((save_steps and step % save_steps == 0) or timed):
                 sums["seconds"] = time.perf_counter() - epoch_clock
                 checkpoint()
                 last_save = time.monotonic()
-            if stop and step < total:
+            if stopped and step < total:
                 break
     if step % steps_per_epoch != 0:  # stopped inside an epoch: keep the epoch's running sums
         if bar is not None:
             bar.close()
         sums["seconds"] = time.perf_counter() - epoch_clock
         checkpoint()
-    if stop and step < total:
-        raise Stopped(stop[0], f"stopped by {signal.Signals(stop[0]).name} at step {step}; checkpoint saved; "
-                      f"resume with: gankit train --resume {out}")
+    if stopped and step < total:
+        launcher = f"torchrun --nproc_per_node={ranks.world} -m " if ranks.world > 1 else ""
+        raise Stopped(stopped, f"stopped by {signal.Signals(stopped).name} at step {step}; checkpoint saved; "
+                      f"resume with: {launcher}gankit train --resume {out}")
     log(f"done: {step} steps in {time.perf_counter() - session_start:.1f} s; run folder {out}")
     return out
 

@@ -61,11 +61,15 @@ class Batches:
     `batch(epoch, i)` is batch i of that epoch, scaled to [-1, 1] at the model's size on
     the device; `labels(epoch, i)` the labels (int64) of the same images, when labels were
     given. The last partial batch of an epoch is dropped, so shapes never change (which a
-    captured graph needs), and every image is used at most once per epoch."""
+    captured graph needs), and every image is used at most once per epoch.
+
+    Under torchrun, `shard` (gankit.distributed.Ranks.shard) cuts each global batch of
+    batch_size images down to this rank's part of it."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, *, batch_size: int, seed: int,
-                 image_size: int, device: torch.device, log=None):
+                 image_size: int, device: torch.device, log=None, shard=None):
         self.batch_size, self.seed, self.image_size, self.device = batch_size, seed, image_size, device
+        self.shard = shard or (lambda indices: indices)
         self.n = len(images)
         self.steps_per_epoch = self.n // batch_size
         self.streamed = device.type == "cuda" and not fits_on_gpu(images, device)
@@ -89,7 +93,7 @@ class Batches:
         if self._epoch != epoch:
             self._epoch = epoch
             self._perm = epoch_permutation(self.seed, epoch, self.n).to(self.images.device)
-        return self._perm[i * self.batch_size:(i + 1) * self.batch_size]
+        return self.shard(self._perm[i * self.batch_size:(i + 1) * self.batch_size])
 
     def batch(self, epoch: int, i: int) -> torch.Tensor:
         batch = self.images[self.indices(epoch, i)]

@@ -55,11 +55,7 @@ def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
 
 def elbo_terms(model: nn.Module, x: torch.Tensor, native: int, eps: torch.Tensor | None = None):
     """(reconstruction (N,), KL (N,), logits) for x in [0, 1]; eps ~ N(0, I) may be given."""
-    mu, logvar = (t.float() for t in model.encode(x))  # the bound in fp32, also under bf16 autocast
-    if eps is None:
-        eps = torch.randn_like(mu)
-    z = mu + eps * torch.exp(0.5 * logvar)                     # reparameterization trick
-    logits = model.decode(z)
+    mu, logvar, logits = model(x, eps)      # one forward pass (gankit.models.vae.VAE.forward)
     recon = bernoulli_nll(native_frame(logits, native), native_frame(x, native))
     return recon, gaussian_kl(mu, logvar), logits
 
@@ -105,6 +101,14 @@ class VaeTask:
                                  latent_dim=config.latent_dim, width=config.width)
         self.model.to(device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
+        self.train_model = self.model  # what the step calls: under torchrun, the DDP wrapper
+
+    def distribute(self, ranks) -> None:
+        """Train as one of several ranks (gankit.distributed): synchronized BatchNorm, and
+        the step's forward pass under DistributedDataParallel."""
+        from gankit.distributed import sync_batchnorm
+
+        self.train_model = ranks.wrap(sync_batchnorm(self.model))
 
     @property
     def modules(self) -> dict[str, nn.Module]:
@@ -123,7 +127,7 @@ class VaeTask:
         """One step on a batch in [-1, 1] (the loop's scale); the VAE works in [0, 1].
         `labels` is ignored: the same call as GanTask.step, for the loop and the Stepper."""
         x = (real + 1) / 2
-        recon, kl, _ = elbo_terms(self.model, x, self.native)
+        recon, kl, _ = elbo_terms(self.train_model, x, self.native)
         loss = (recon + kl).mean()                             # negative ELBO, nats per image
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
