@@ -45,3 +45,23 @@ def make_class_folder(root: Path, classes: int, per_class: int = 8, size: int = 
         for k in range(per_class):
             Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(root / str(c) / f"{k}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def explorer_runs(tmp_path_factory):
+    """Three tiny runs for `gankit serve`'s tests (16x16, width 8, 2 steps; made once):
+    gan (unconditional DCGAN, fake data), cond (conditional DCGAN, 10 classes), vae (conv VAE)."""
+    from gankit.cli import main
+
+    root = tmp_path_factory.mktemp("explorer-runs")
+    tiny = ["--image-size", "16", "--width", "8", "--nz", "8", "--batch-size", "16", "--max-steps", "2",
+            "--no-progress", "--no-tensorboard", "--eval-every", "0"]
+    fake = ["--dataset", "fake", "--fake-size", "64"]
+    classes = make_class_folder(root / "classes", 10)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GANKIT_DATA", str(root / "data-cache"))
+        for name, args in {"gan": fake, "vae": [*fake, "--model", "vae"],
+                           "cond": ["--dataset", "folder", "--data-dir", str(classes), "--channels", "1",
+                                    "--conditional"]}.items():
+            assert main(["train", *tiny, *args, "--out", str(root / name)]) == 0
+    return root

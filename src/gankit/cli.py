@@ -34,6 +34,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is from 0 to 65535, got {value}")
+    return value
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="gankit", description="Train, sample and judge image generative models.")
     parser.add_argument("--version", action="version", version=f"gankit {__version__}")
@@ -131,6 +141,16 @@ def build_parser() -> Parser:
     vt.add_argument("--data-dir", help="where the data is (default: $GANKIT_DATA, else ~/.cache/gankit)")
     vt.add_argument("--json", action="store_true", help="print one JSON object")
     vt.add_argument("--no-progress", dest="progress", action="store_false")
+
+    w = sub.add_parser("serve", help="explore a trained run in the browser: samples, classes, latent walks",
+                       description="Serve a local web page for a run: a grid of samples, new samples at a "
+                       "click, a class picker for --conditional runs, and a slider along a latent walk. "
+                       "Listens on 127.0.0.1 (this machine only) unless --host says otherwise.")
+    w.add_argument("run", help="run folder (or a checkpoint file)")
+    w.add_argument("--port", type=port_number, default=8000, help="default: 8000; 0 takes a free port")
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; "
+                   "0.0.0.0 lets other machines in)")
+    w.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
 
     e = sub.add_parser("eval-nll", help="a VAE run's test-set negative ELBO and IWAE bound, nats per image")
     e.add_argument("run", help="run folder of a vae or vae-mlp run")
@@ -316,6 +336,16 @@ def cmd_evaluator(args: argparse.Namespace) -> None:
     print(f"{args.dataset} evaluator ({how}): test accuracy {100 * accuracy:.2f} %, at {path}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from gankit.serve import serve
+
+    try:
+        serve(Path(args.run), host=args.host, port=args.port, device=args.device)
+    except KeyboardInterrupt:  # Ctrl+C before it served (while serving, werkzeug takes it and returns)
+        pass
+    print("stopped", file=sys.stderr)  # Ctrl+C is how a server stops: exit 0
+
+
 def cmd_eval_nll(args: argparse.Namespace) -> None:
     import json
 
@@ -334,6 +364,10 @@ def cmd_eval_nll(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     from gankit.training.loop import Stopped
 
+    import os
+
+    # Under torchrun every rank meets the same errors; rank 0 alone says them.
+    say = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -341,14 +375,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 0
         {"train": cmd_train, "sample": cmd_sample, "export": cmd_export, "eval": cmd_eval,
-         "eval-nll": cmd_eval_nll, "evaluator": cmd_evaluator}[args.command](args)
+         "eval-nll": cmd_eval_nll, "evaluator": cmd_evaluator, "serve": cmd_serve}[args.command](args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except Stopped as e:
-        print(str(e), file=sys.stderr)
+        say(str(e), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("aborted; the last checkpoint is untouched", file=sys.stderr)
+        say("aborted; the last checkpoint is untouched", file=sys.stderr)
         return 130
     return 0

@@ -49,13 +49,18 @@ def remove_stale_writes(folder: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_grid(images: torch.Tensor, path: Path, *, nrow: int | None = None) -> None:
+def grid_png(images: torch.Tensor, *, nrow: int | None = None) -> bytes:
+    """uint8 (N, C, H, W) -> the bytes of a PNG grid (grayscale for one channel)."""
     picture = grid(images, nrow=nrow)
     if picture.shape[2] == 1:
         picture = picture[:, :, 0]
     buf = io.BytesIO()
     Image.fromarray(picture).save(buf, format="PNG")
-    write_atomic(Path(path), buf.getvalue())
+    return buf.getvalue()
+
+
+def save_grid(images: torch.Tensor, path: Path, *, nrow: int | None = None) -> None:
+    write_atomic(Path(path), grid_png(images, nrow=nrow))
 
 
 def to_array(images: torch.Tensor) -> np.ndarray:
