@@ -136,12 +136,16 @@ def test_two_ranks_resume_exactly(tmp_path):
     assert losses[0] == losses[1]
 
 
-def test_two_ranks_train_a_vae(tmp_path):
+def test_two_ranks_train_a_vae_which_one_process_then_goes_on_with(tmp_path, capsys):
     out = tmp_path / "vae"
     result = torchrun([*TINY, "--model", "vae", "--max-steps", "6", "--out", str(out)], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     state = load(out)
     assert state["step"] == 6 and state["weights_digest"] == weights_digest(_modules(state))
+    # Another number of processes: rank 0's random state goes on, and the user is told.
+    assert main(["train", "--resume", str(out), "--max-steps", "9"]) == 0
+    assert "trained by 2 process(es) and goes on with 1" in capsys.readouterr().err
+    assert load(out)["step"] == 9
 
 
 def test_batch_that_does_not_split_over_the_ranks_is_refused(monkeypatch, capsys, tiny_args):
