@@ -12,6 +12,7 @@ is a complete checkpoint, and prev.pt the one before it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +23,18 @@ from gankit.errors import UserError
 
 LAST = "last.pt"
 PREV = "prev.pt"
+
+
+def states_digest(states: dict[str, dict[str, torch.Tensor]]) -> str:
+    """SHA-256 of named state dicts ({"generator": {...}, ...}): every tensor's name and
+    bytes, in sorted order. Equal exactly when the weights are equal bit for bit."""
+    h = hashlib.sha256()
+    for name, state in sorted(states.items()):
+        for key, t in sorted(state.items()):
+            if torch.is_tensor(t):
+                h.update(f"{name}.{key}".encode())
+                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_checkpoint(state: dict, folder: Path) -> Path:

@@ -22,7 +22,6 @@ A single process is world 1: the same code path, where every method here does no
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 import warnings
@@ -32,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from gankit.checkpoint import states_digest
 from gankit.errors import UserError
 
 TIMEOUT = timedelta(minutes=30)  # rank 0 judges samples at epoch ends while the others wait
@@ -48,7 +48,7 @@ class Ranks:
 
     def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0):
         self.rank, self.world, self.local_rank = rank, world, local_rank
-        self.device = torch.device("cpu")  # where the collectives' tensors live (set by start)
+        self.device = torch.device("cpu")  # this rank's device, where its collectives' tensors live
 
     @property
     def main(self) -> bool:
@@ -59,7 +59,9 @@ class Ranks:
         """Join the process group torchrun set up; `device` is cuda (each rank takes the
         GPU of its LOCAL_RANK) or cpu. A single process gets Ranks() and joins nothing."""
         if world_size() == 1:
-            return cls()
+            ranks = cls()
+            ranks.device = device
+            return ranks
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local = int(os.environ.get("LOCAL_RANK", rank))
         ranks = cls(rank, world, local)
@@ -86,12 +88,13 @@ class Ranks:
         return indices[self.rank * per:(self.rank + 1) * per]
 
     def wrap(self, module: nn.Module) -> nn.Module:
-        """`module` under DistributedDataParallel (gradients averaged over the ranks in
-        backward), or `module` itself in one process. BatchNorm's running statistics
-        come from the synchronized batch statistics, so they agree on every rank and
-        are not broadcast."""
+        """`module` with synchronized BatchNorm (in place) under DistributedDataParallel
+        (gradients averaged over the ranks in backward), or `module` itself in one process.
+        BatchNorm's running statistics come from the synchronized batch statistics, so they
+        agree on every rank and are not broadcast."""
         if self.world == 1:
             return module
+        sync_batchnorm(module)
         ids = [self.device.index] if self.device.type == "cuda" else None
         # A grayscale conv weight (64, 1, 4, 4) in channels_last has two valid stride sets;
         # autograd picks the other one for its gradient, and DDP warns (once, on a GPU)
@@ -167,12 +170,7 @@ def noise_seed(seed: int, rank: int) -> int:
 
 def weights_digest(modules: dict[str, nn.Module]) -> str:
     """A hash of every parameter and buffer, to check that the ranks hold the same weights."""
-    h = hashlib.sha256()
-    for name, module in sorted(modules.items()):
-        for key, t in sorted(module.state_dict().items()):
-            h.update(f"{name}.{key}".encode())
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return states_digest({name: module.state_dict() for name, module in modules.items()})
 
 
 class AllReduceSum(torch.autograd.Function):

@@ -23,6 +23,7 @@ import torch
 from flask import Flask, Response, jsonify, request
 
 from gankit import sampling
+from gankit.checkpoint import states_digest
 from gankit.errors import UserError
 
 MAX_N = 256       # images in one grid: 256 DCGAN images take about 0.2 s on one CPU core
@@ -42,18 +43,6 @@ def run_name(run: Path) -> str:
     return run.name
 
 
-def fingerprint(state: dict) -> str:
-    """A short hash of a checkpoint's weights: it changes whenever the run does, even a run
-    trained anew into the same folder to the same step."""
-    digest = hashlib.sha1()
-    for name, module in sorted(state["modules"].items()):
-        for key, value in module.items():
-            if torch.is_tensor(value):
-                digest.update(f"{name}.{key}".encode())
-                digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:12]
-
-
 def create_app(run: Path, device: str = "cpu") -> Flask:
     """The explorer's Flask app for a run, loaded once here (UserError when it cannot be)."""
     from gankit.training.loop import load_run
@@ -69,8 +58,9 @@ def create_app(run: Path, device: str = "cpu") -> Flask:
     }
     page = resources.files("gankit").joinpath("explorer.html").read_text(encoding="utf-8")
     # Pictures depend on the run's weights and the query alone: an ETag of both lets the
-    # browser keep what it has seen (moving the slider back costs no forward pass).
-    weights = fingerprint(state)
+    # browser keep what it has seen (moving the slider back costs no forward pass). The
+    # weights' hash changes whenever the run does, even one trained anew to the same step.
+    weights = states_digest(state["modules"])[:12]
     lock = threading.Lock()  # one model, a thread per request: one forward pass at a time
 
     app = Flask(__name__)
@@ -79,28 +69,17 @@ def create_app(run: Path, device: str = "cpu") -> Flask:
     def bad_query(error):
         return Response(f"{error}\n", status=400, mimetype="text/plain")
 
-    def whole(name: str, default: int | None, low: int, high: int) -> int | None:
+    def number(name: str, default, low, high, kind=int):
+        """Query parameter `name` as a `kind` (int or float) from low to high, or BadQuery."""
         text = request.args.get(name)
         if text is None:
             return default
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise BadQuery(f"{name}={text[:40]!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise BadQuery(f"{name} must be from {low} to {high}, got {value}")
-        return value
-
-    def fraction(name: str, default: float) -> float:
-        text = request.args.get(name)
-        if text is None:
-            return default
-        try:
-            value = float(text)
-        except ValueError:
-            raise BadQuery(f"{name}={text[:40]!r} is not a number") from None
-        if not (math.isfinite(value) and 0 <= value <= 1):
-            raise BadQuery(f"{name} must be from 0 to 1, got {text[:40]}")
+            raise BadQuery(f"{name}={text[:40]!r} is not a {'whole number' if kind is int else 'number'}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise BadQuery(f"{name} must be from {low} to {high}, got {value if kind is int else text[:40]}")
         return value
 
     def label() -> int | None:
@@ -108,7 +87,7 @@ def create_app(run: Path, device: str = "cpu") -> Flask:
             if "class" in request.args:
                 raise BadQuery("class: this run is not conditional (it was trained without --conditional)")
             return None
-        return whole("class", None, 0, classes - 1)
+        return number("class", None, 0, classes - 1)
 
     def picture(draw) -> Response:
         """The PNG of draw() -> (images, nrow), or 304 when the browser already has it."""
@@ -138,15 +117,15 @@ def create_app(run: Path, device: str = "cpu") -> Flask:
     def samples():
         """A grid of n images from one seed; a conditional run: all of class `class`, else
         the classes in turn (n = C * C with C columns puts one class in each column)."""
-        seed, n, k = whole("seed", 0, 0, MAX_SEED), whole("n", 64, 1, MAX_N), label()
+        seed, n, k = number("seed", 0, 0, MAX_SEED), number("n", 64, 1, MAX_N), label()
         return picture(lambda: (sampling.generate(task, n, seed=seed, native=native, label=k), None))
 
     @app.get("/interpolate.png")
     def interpolate():
         """The image at fraction t of the slerp from seed a's z to seed b's. A conditional run
         without a class: one row, the same z drawn as each of the first STRIP classes."""
-        a, b = whole("a", 1, 0, MAX_SEED), whole("b", 2, 0, MAX_SEED)
-        t, k = fraction("t", 0.5), label()
+        a, b = number("a", 1, 0, MAX_SEED), number("b", 2, 0, MAX_SEED)
+        t, k = number("t", 0.5, 0, 1, float), label()
 
         def draw():
             z = sampling.slerp(latent(a), latent(b), t)

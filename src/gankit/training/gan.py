@@ -57,14 +57,12 @@ class GanTask:
         self.train_generator, self.train_discriminator = self.generator, self.discriminator
 
     def distribute(self, ranks) -> None:
-        """Train as one of several ranks (gankit.distributed): synchronized BatchNorm, and
-        the forward passes whose backward updates a net under DistributedDataParallel.
-        The other passes (G's fakes for D's update, D's verdict for G's) call the bare
+        """Train as one of several ranks (gankit.distributed.Ranks.wrap: synchronized
+        BatchNorm, DistributedDataParallel) in the forward passes whose backward updates a
+        net. The other passes (G's fakes for D's update, D's verdict for G's) call the bare
         module: DDP expects a backward into the weights of every pass it sees."""
-        from gankit.distributed import sync_batchnorm
-
-        self.train_generator = ranks.wrap(sync_batchnorm(self.generator))
-        self.train_discriminator = ranks.wrap(sync_batchnorm(self.discriminator))
+        self.train_generator = ranks.wrap(self.generator)
+        self.train_discriminator = ranks.wrap(self.discriminator)
 
     @property
     def modules(self) -> dict[str, nn.Module]:

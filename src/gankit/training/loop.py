@@ -215,28 +215,37 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
                         f"{world} processes; use a multiple of {world}")
     ranks = Ranks.start(device)
     try:
-        return _train(config, resume, log if ranks.main else (lambda msg: None),
-                      ranks.device if ranks.world > 1 else device, ranks)
+        return _train(config, resume, log if ranks.main else (lambda msg: None), ranks)
     finally:
         ranks.close()
 
 
-def rank_rng(saved: dict, ranks: Ranks, seed: int, step: int, log) -> dict | int:
-    """This rank's random state ({"cpu", "cuda"}) from a checkpoint's `rng`: its own when
-    the run had as many ranks. Else rank 0 goes on with rank 0's, and each other rank
-    gets a new seed (an int) derived from (seed, rank, step)."""
+def restore_rank(resume: dict, ranks: Ranks, seed: int, device: torch.device, log) -> dict:
+    """Set this rank's random state from a checkpoint and return its epoch's running sums:
+    its own when the run had as many ranks. Else rank 0 goes on with rank 0's, and each
+    other rank starts its noise from a new seed derived from (seed, rank, step)."""
+    saved = resume["rng"]
     per_rank = saved.get("ranks")
     if per_rank is not None and len(per_rank) == ranks.world:
-        return per_rank[ranks.rank]
-    had = len(per_rank) if per_rank is not None else 1
-    if had != ranks.world:
-        log(f"note: this run was trained by {had} process(es) and goes on with {ranks.world}; the data order "
-            "and the global batch stay the same, the other ranks' noise starts from new seeds, so it goes on "
-            "correctly but not bit for bit as it would have")
-    return saved if ranks.main else noise_seed(seed, ranks.rank) + step
+        mine = per_rank[ranks.rank]
+    else:
+        had = len(per_rank) if per_rank is not None else 1
+        if had != ranks.world:
+            log(f"note: this run was trained by {had} process(es) and goes on with {ranks.world}; the data order "
+                "and the global batch stay the same, the other ranks' noise starts from new seeds, so it goes on "
+                "correctly but not bit for bit as it would have")
+        if not ranks.main:
+            torch.manual_seed(noise_seed(seed, ranks.rank) + resume["step"])
+            return {}
+        mine = saved
+    torch.set_rng_state(mine["cpu"])
+    if device.type == "cuda" and mine.get("cuda") is not None:
+        torch.cuda.set_rng_state(mine["cuda"], device)
+    return dict(mine.get("epoch_sums", resume.get("epoch_sums", {})))
 
 
-def _train(config: TrainConfig, resume: dict | None, log, device: torch.device, ranks: Ranks) -> Path:
+def _train(config: TrainConfig, resume: dict | None, log, ranks: Ranks) -> Path:
+    device = ranks.device
     # Data first: a missing dataset must fail before anything is written.
     data = ranks.main_first(lambda: load_dataset(
         config.dataset, split="train", data_dir=config.data_dir, image_size=config.image_size,
@@ -278,14 +287,7 @@ def _train(config: TrainConfig, resume: dict | None, log, device: torch.device, 
     step = resume["step"] if resume else 0
     sums = {}
     if resume:
-        rng = rank_rng(resume["rng"], ranks, config.seed, step, log)
-        if isinstance(rng, int):
-            torch.manual_seed(rng)
-        else:
-            torch.set_rng_state(rng["cpu"])
-            if device.type == "cuda" and rng.get("cuda") is not None:
-                torch.cuda.set_rng_state(rng["cuda"], device)
-            sums = dict(rng.get("epoch_sums", resume.get("epoch_sums", {})))
+        sums = restore_rank(resume, ranks, config.seed, device, log)
     elif ranks.rank:
         torch.manual_seed(noise_seed(config.seed, ranks.rank))  # after the init: same weights, other noise
     if resume and ranks.main:

@@ -104,11 +104,9 @@ class VaeTask:
         self.train_model = self.model  # what the step calls: under torchrun, the DDP wrapper
 
     def distribute(self, ranks) -> None:
-        """Train as one of several ranks (gankit.distributed): synchronized BatchNorm, and
-        the step's forward pass under DistributedDataParallel."""
-        from gankit.distributed import sync_batchnorm
-
-        self.train_model = ranks.wrap(sync_batchnorm(self.model))
+        """Train as one of several ranks: the step's forward pass through Ranks.wrap
+        (synchronized BatchNorm, DistributedDataParallel)."""
+        self.train_model = ranks.wrap(self.model)
 
     @property
     def modules(self) -> dict[str, nn.Module]:
