@@ -22,7 +22,8 @@ import torch  # noqa: E402
 from gankit import sampling  # noqa: E402
 from gankit.config import TrainConfig  # noqa: E402
 from gankit.metrics.judge import evaluator_for, judge  # noqa: E402
-from gankit.training.loop import load_run, train  # noqa: E402
+from gankit.runs import load_run  # noqa: E402
+from gankit.training.loop import train  # noqa: E402
 
 
 def rounded(d: dict) -> dict:

@@ -34,7 +34,8 @@ from gankit import sampling  # noqa: E402
 from gankit.data import load_dataset  # noqa: E402
 from gankit.data.mnist import default_data_root  # noqa: E402
 from gankit.metrics import classify, load_or_train_evaluator, mode_coverage  # noqa: E402
-from gankit.training.loop import load_run, resume_state, train  # noqa: E402
+from gankit.runs import load_run, resume_state  # noqa: E402
+from gankit.training.loop import train  # noqa: E402
 
 VARIANTS = {
     "dcgan": {},

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from gankit.config import TrainConfig  # noqa: E402
-from gankit.training.loop import resume_state, train  # noqa: E402
+from gankit.runs import resume_state  # noqa: E402
+from gankit.training.loop import train  # noqa: E402
 from gankit.training.nll import evaluate_nll  # noqa: E402
 
 

@@ -1,10 +1,31 @@
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def has_mnist(folder: Path) -> bool:
+    """All four MNIST files in `folder`, each gzipped or raw (as gankit stores them)."""
+    return all((folder / f).is_file() or (folder / f"{f}.gz").is_file() for f in MNIST_FILES)
+
+
+def find_mnist() -> Path:
+    """Where the real-MNIST tests read MNIST: $GANKIT_TEST_MNIST, else a data folder beside
+    the checkout (../shared/data/mnist), else gankit's own data folder, where the first
+    `gankit train` keeps it ($GANKIT_DATA or ~/.cache/gankit, then mnist/). Looked up before
+    any test points GANKIT_DATA at a temporary folder."""
+    from gankit.data.mnist import default_data_root
+
+    candidates = [Path(p) for p in [os.environ.get("GANKIT_TEST_MNIST")] if p]
+    candidates += [REPO.parent / "shared" / "data" / "mnist", default_data_root() / "mnist", default_data_root()]
+    return next((c for c in candidates if has_mnist(c)), candidates[0])
+
+
+MNIST_DIR = find_mnist()
 
 # Tests run on 2 cores next to each other; one thread each keeps them predictable.
 torch.set_num_threads(1)
@@ -26,12 +47,11 @@ def _no_data_env(monkeypatch, tmp_path):
 
 
 def mnist_available() -> bool:
-    return all((MNIST_DIR / f).exists() for f in (
-        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"))
+    return has_mnist(MNIST_DIR)
 
 
-requires_mnist = pytest.mark.skipif(not mnist_available(), reason=f"MNIST files not found in {MNIST_DIR}")
+requires_mnist = pytest.mark.skipif(not mnist_available(), reason="MNIST files not found (train once with "
+                                    "`gankit train`, or set GANKIT_TEST_MNIST to a folder that holds them)")
 
 
 def make_class_folder(root: Path, classes: int, per_class: int = 8, size: int = 16) -> Path:

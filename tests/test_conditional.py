@@ -105,14 +105,14 @@ def test_a_conditional_run_trains_resumes_exactly_and_draws_a_grid_per_class(tmp
 
 
 def test_sample_class_k_draws_class_k(tmp_path, cond_args, capsys):
-    from gankit.training.loop import load_run
+    from gankit.runs import load_run
 
     run = tmp_path / "run"
     assert main(["train", *cond_args, "--max-steps", "2", "--out", str(run)]) == 0
     assert main(["sample", str(run), "--n", "6", "--class", "3", "--out", str(tmp_path / "three.npz")]) == 0
     three = torch.from_numpy(np.load(tmp_path / "three.npz")["images"])
     _, task, _, _ = load_run(run)
-    z = task.noise(6, generator=torch.Generator().manual_seed(0))
+    z = task.noise(6, rng=torch.Generator().manual_seed(0))
     from gankit.data import to_native
     assert torch.equal(three, to_native(task.generate(z, torch.full((6,), 3)), 16)[:, 0])
     assert not torch.equal(three, to_native(task.generate(z, torch.full((6,), 4)), 16)[:, 0])

@@ -145,7 +145,7 @@ def test_resume_drops_metric_lines_the_checkpoint_has_not_seen(tmp_path, tiny_ar
 
 def test_ema_generator_averages_resumes_exactly_and_is_what_samples_come_from(tmp_path, tiny_args):
     from gankit.models import Ema
-    from gankit.training.loop import load_run
+    from gankit.runs import load_run
 
     straight, split = tmp_path / "straight", tmp_path / "split"
     ema = ["--ema", "0.9"]
@@ -158,7 +158,7 @@ def test_ema_generator_averages_resumes_exactly_and_is_what_samples_come_from(tm
     assert int(avg["updates"]) == 6
     assert not torch.equal(avg["module.net.0.weight"], g["net.0.weight"])  # an average, not a copy
     _, task, _, _ = load_run(straight)
-    z = task.noise(4, generator=torch.Generator().manual_seed(0))
+    z = task.noise(4, rng=torch.Generator().manual_seed(0))
     with torch.no_grad():
         task.generator_ema.eval()
         assert torch.allclose(task.generate(z), task.generator_ema.module(z), atol=1e-6)

@@ -54,7 +54,7 @@ def test_iwae_k1_estimates_the_elbo_and_never_exceeds_it():
     with torch.no_grad():
         elbo = torch.stack([sum(elbo_terms(model, x, 8)[:2]) for _ in range(4000)]).mean(0)
         k1 = torch.stack([iwae_nll(model, x, 8, 1) for _ in range(4000)]).mean(0)
-        k100 = iwae_nll(model, x, 8, 100, generator=torch.Generator().manual_seed(1))
+        k100 = iwae_nll(model, x, 8, 100, rng=torch.Generator().manual_seed(1))
     torch.testing.assert_close(k1, elbo, rtol=0.01, atol=0.05)
     assert (k100 <= elbo + 1e-3).all()
 

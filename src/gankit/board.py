@@ -24,12 +24,9 @@ from PIL import Image
 
 FOLDER = "tensorboard"
 
-# The figures the HPARAMS tab shows beside each run's settings: the last value of each tag.
+# The figures the HPARAMS tab shows beside each run's settings: the last value of each tag,
+# the model's own (its task's hparam_tags) and the judge's.
 EVAL_TAGS = ("eval/fid", "eval/kid", "eval/precision", "eval/recall", "eval/modes")
-HPARAM_METRICS = {
-    "dcgan": ("epoch/loss_d", "epoch/loss_g", *EVAL_TAGS),
-    "vae": ("epoch/neg_elbo", "epoch/test_neg_elbo", *EVAL_TAGS),
-}
 
 
 class Board:
@@ -63,12 +60,14 @@ class Board:
         """The settings of this session (a resume may change some), and the real images once."""
         if self.writer is None:
             return
-        family = "dcgan" if config["model"] == "dcgan" else "vae"
+        from gankit.registry import task_class
+
+        tags = (*task_class(config["model"]).hparam_tags, *EVAL_TAGS)
         text = json.dumps(config, indent=2)
         with self._writing() as w:
             # Four spaces make a Markdown code block: the text tab shows config.json as it is.
             w.add_text("config", "".join(f"    {line}\n" for line in text.splitlines()), step)
-            write_hparams(w, config, HPARAM_METRICS[family], step)
+            write_hparams(w, config, tags, step)
             if real_png is not None and real_png.exists():
                 w.add_image("samples/real", read_png(real_png), 0, dataformats="HWC")
             w.flush()

@@ -1,25 +1,34 @@
-"""Checkpoints: complete, atomic, and never unpickled beyond plain tensors and containers.
+"""Checkpoints: the one owner of their format. Complete, atomic, and never unpickled
+beyond plain tensors and containers.
 
-A checkpoint holds everything a run needs to go on as if it had never stopped:
-model and optimizer states, the step, the RNG states, the running epoch sums,
-the config and the gankit version.
+A checkpoint holds everything a run needs to go on as if it had never stopped
+(`make_state` builds it, `load_checkpoint` reads and checks it, `restore` puts it into a
+task); its keys:
+- gankit_version, kind (the model's name), config (TrainConfig.to_dict());
+- step, dataset_size, native_size (the data's image size, for sampling);
+- modules and optimizers: name -> state dict, as the task names them;
+- rng: {"cpu", "cuda"} of rank 0, and under torchrun "ranks", one {"cpu", "cuda",
+  "epoch_sums"} per rank; epoch_sums: rank 0's running sums of the current epoch;
+- weights_digest (torchrun only): states_digest of the modules, which every rank checked.
+Checkpoints of gankit 0.1.0 have exactly these keys; tests/fixtures/v0.1.0 holds some.
 
-Writing: to a temporary file in the same folder, flushed and fsynced, then renamed
-over last.pt (a rename within one file system is atomic). The previous last.pt
-is kept as prev.pt (a hard link, made before the rename), so at every moment last.pt
-is a complete checkpoint, and prev.pt the one before it.
+Writing: gankit.files.write_atomic, so last.pt is always a complete checkpoint. The
+previous last.pt is kept as prev.pt (a hard link, made just before the rename), so at
+every moment last.pt is a complete checkpoint, and prev.pt the one before it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+import gankit
 from gankit.errors import UserError
+from gankit.files import write_atomic
 
 LAST = "last.pt"
 PREV = "prev.pt"
@@ -37,23 +46,33 @@ def states_digest(states: dict[str, dict[str, torch.Tensor]]) -> str:
     return h.hexdigest()
 
 
+def make_state(config, task, *, step: int, dataset_size: int, native_size: int, rng: dict,
+               epoch_sums: dict, weights_digest: str | None = None) -> dict:
+    """The checkpoint of a task at `step` (the module docstring lists the keys)."""
+    state = {
+        "gankit_version": gankit.__version__,
+        "kind": config.model,
+        "config": config.to_dict(),
+        "step": step,
+        "dataset_size": dataset_size,
+        "native_size": native_size,
+        "modules": {k: m.state_dict() for k, m in task.modules.items()},
+        "optimizers": {k: o.state_dict() for k, o in task.optimizers.items()},
+        "rng": rng,
+        "epoch_sums": epoch_sums,
+    }
+    if weights_digest is not None:
+        state["weights_digest"] = weights_digest
+    return state
+
+
 def save_checkpoint(state: dict, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".last-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        last = folder / LAST
-        if last.exists():
-            keep_previous(last, folder / PREV)
-        os.replace(tmp, last)
-        _fsync_dir(folder)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return last
+    """Write `state` as folder/last.pt, the previous one kept as prev.pt. Raises OSError."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    last = folder / LAST
+    return write_atomic(last, buffer.getvalue(),
+                        before_replace=lambda: keep_previous(last, folder / PREV) if last.exists() else None)
 
 
 def keep_previous(last: Path, prev: Path) -> None:
@@ -66,26 +85,6 @@ def keep_previous(last: Path, prev: Path) -> None:
         os.replace(link, prev)
     except OSError:
         os.replace(last, prev)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the renames themselves durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def remove_stale_temps(folder: Path) -> None:
-    """Temporary files left by a save that was killed halfway; never a complete checkpoint."""
-    for tmp in [*folder.glob(".last-*.tmp"), *folder.glob(".prev-link.tmp")]:
-        tmp.unlink(missing_ok=True)
 
 
 def find_checkpoint(run: Path) -> Path:
@@ -113,3 +112,58 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or "config" not in state or "modules" not in state:
         raise UserError(f"'{path}' is not a gankit checkpoint (no config or model states)")
     return state
+
+
+def resume_config(state: dict, where: Path):
+    """The TrainConfig a checkpoint was trained with."""
+    from gankit.config import TrainConfig
+
+    try:
+        return TrainConfig.from_dict(state["config"])
+    except TypeError as e:
+        raise UserError(f"checkpoint in '{where}' has an unreadable config ({e})") from None
+
+
+SHAPE_SETTINGS = ("model", "image_size", "channels", "nz", "latent_dim", "width", "edge", "d_input_bn",
+                  "conditional", "num_classes")
+
+
+def restore(task, state: dict, config) -> None:
+    """Load a checkpoint's module states (and optimizer states, where the task has
+    optimizers) into a task, or say which part does not fit."""
+    settings = ", ".join(f"{k}={getattr(config, k)}" for k in SHAPE_SETTINGS if getattr(config, k) is not None)
+    saved = state.get("modules", {})
+    for name, module in task.modules.items():
+        if name not in saved:
+            raise UserError(f"checkpoint holds no '{name}' weights (it holds: {', '.join(saved) or 'none'}); "
+                            f"it is not a {config.model} checkpoint")
+        own = module.state_dict()
+        for key, value in saved[name].items():
+            if key in own and tuple(own[key].shape) != tuple(value.shape):
+                raise UserError(f"checkpoint does not fit its config ({settings}): {name}.{key} has shape "
+                                f"{tuple(value.shape)} in the file but {tuple(own[key].shape)} for these settings")
+        try:
+            module.load_state_dict(saved[name])
+        except (RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0][:200]
+            raise UserError(f"checkpoint does not fit its config ({settings}): {first}") from None
+    for name, opt in task.optimizers.items():
+        try:
+            opt.load_state_dict(state["optimizers"][name])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise UserError(f"checkpoint's optimizer state for '{name}' does not fit ({type(e).__name__}: "
+                            f"{str(e)[:120]})") from None
+
+
+def rank_state(state: dict, rank: int, world: int) -> tuple[dict | None, int]:
+    """(this rank's random state and epoch sums, or None, and how many processes trained
+    the run). A run trained by as many ranks gives each its own; a run of another size
+    gives rank 0 the run's rank-0 state and the others None (they start anew)."""
+    saved = state["rng"]
+    per_rank = saved.get("ranks")
+    had = len(per_rank) if per_rank is not None else 1
+    if per_rank is not None and had == world:
+        return per_rank[rank], had
+    if rank:
+        return None, had
+    return {**saved, "epoch_sums": saved.get("epoch_sums", state.get("epoch_sums", {}))}, had

@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 
 from gankit import __version__
-from gankit.config import DATASETS, MODELS, RECIPES, TrainConfig
-from gankit.errors import UserError
+from gankit.config import PRECISIONS, TrainConfig
+from gankit.errors import GankitError, UserError
+from gankit.registry import DATASETS, DEFAULT_DATASET, DEFAULT_MODEL, MODELS, evaluator_datasets
+from gankit.training.gan import DEFAULT_RECIPE, EDGES, INITS, RECIPES
+from gankit.training.losses import DEFAULT_LOSS, LOSSES
 
 # Settings that may change when a run is resumed; everything else comes from its checkpoint.
 RESUME_OVERRIDES = ("epochs", "max_steps", "device", "progress", "data_dir", "save_every", "eval_every",
@@ -53,21 +56,24 @@ def build_parser() -> Parser:
                        argument_default=argparse.SUPPRESS,
                        description="Train a model. Defaults: DCGAN, MNIST, 10 epochs, batch 128.")
     t.add_argument("--resume", metavar="RUN", help="go on with the run in this folder")
-    t.add_argument("--dataset", choices=DATASETS, help="default: mnist")
+    t.add_argument("--dataset", choices=tuple(DATASETS), help=f"default: {DEFAULT_DATASET}")
     t.add_argument("--data-dir", help="where the data is (default: $GANKIT_DATA, else ~/.cache/gankit)")
     t.add_argument("--image-size", type=positive_int, help="network size: 16, 32, 64 or 128 "
                    "(default: 32 for 28x28 data, padded; 64 for folders)")
     t.add_argument("--channels", type=int, choices=(1, 3), help="1 grayscale or 3 RGB (default: from the data)")
     t.add_argument("--fake-size", type=positive_int, help="images in the fake dataset (default: 1024)")
-    t.add_argument("--model", choices=MODELS, help="dcgan (default), vae (conv), vae-mlp (the classic 784-400-20)")
+    t.add_argument("--model", choices=tuple(MODELS), help=f"default: {DEFAULT_MODEL}; vae is convolutional, "
+                   "vae-mlp the classic 784-400-20")
     t.add_argument("--latent-dim", type=positive_int, help="VAE latent size (default: vae 32, vae-mlp 20)")
-    t.add_argument("--recipe", choices=tuple(RECIPES), help="default: dcgan; tutorial = the text taken literally")
+    t.add_argument("--recipe", choices=tuple(RECIPES), help=f"GAN recipe (default: {DEFAULT_RECIPE}); tutorial = "
+                   "the text taken literally")
+    t.add_argument("--loss", choices=tuple(LOSSES), help=f"GAN loss (default: {DEFAULT_LOSS}, the tutorial's)")
     t.add_argument("--nz", type=positive_int, help="length of z (default: 100)")
     t.add_argument("--width", type=positive_int, help="base width of the conv nets (default: dcgan 64, vae 32)")
-    t.add_argument("--init", choices=("normal", "pytorch"), help="weight init (overrides the recipe)")
+    t.add_argument("--init", choices=INITS, help="weight init (overrides the recipe)")
     t.add_argument("--d-input-bn", action=argparse.BooleanOptionalAction,
                    help="BatchNorm on D's first block (overrides the recipe)")
-    t.add_argument("--edge", choices=("4x4", "1x1"), help="G's first and D's last layer (overrides the recipe)")
+    t.add_argument("--edge", choices=EDGES, help="G's first and D's last layer (overrides the recipe)")
     t.add_argument("--conditional", action="store_true", help="dcgan: feed the class label to G and D "
                    "(labelled data only; `sample --class K` then draws class K)")
     t.add_argument("--lr", type=float, help="Adam learning rate (default: dcgan 2e-4, VAEs 1e-3)")
@@ -80,7 +86,7 @@ def build_parser() -> Parser:
     t.add_argument("--max-steps", type=positive_int, help="stop after this many steps in total")
     t.add_argument("--seed", type=int, help="default: 0")
     t.add_argument("--device", help="auto, cpu or cuda (default: auto)")
-    t.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="auto (default): bf16 autocast on "
+    t.add_argument("--precision", choices=PRECISIONS, help="auto (default): bf16 autocast on "
                    "hardware with native bf16 (recent GPUs, CPUs with AMX or AVX512-BF16), else fp32")
     t.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction,
                    help="on CUDA, replay the whole step from one captured graph (default: on)")
@@ -136,8 +142,8 @@ def build_parser() -> Parser:
                          description="Train the evaluator (a small CNN) on the train split and cache it, keyed "
                          "by a hash of the data and its architecture; then report its test accuracy. "
                          "Commands that judge samples do this on first use.")
-    vt.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist",
-                    help="default: mnist (stacked-mnist uses the mnist evaluator)")
+    vt.add_argument("--dataset", choices=evaluator_datasets(), default=DEFAULT_DATASET,
+                    help=f"default: {DEFAULT_DATASET} (other judged datasets borrow one of these)")
     vt.add_argument("--data-dir", help="where the data is (default: $GANKIT_DATA, else ~/.cache/gankit)")
     vt.add_argument("--json", action="store_true", help="print one JSON object")
     vt.add_argument("--no-progress", dest="progress", action="store_false")
@@ -164,7 +170,8 @@ def build_parser() -> Parser:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from gankit.training.loop import resume_state, train
+    from gankit.runs import resume_state
+    from gankit.training.loop import train
 
     given = vars(args).copy()
     given.pop("command")
@@ -186,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from gankit import sampling
-    from gankit.training.loop import load_run
+    from gankit.runs import load_run
 
     if args.interpolate:
         cmd_sample_walk(args)
@@ -230,7 +237,7 @@ def check_class(label: int | None, task, run: str) -> None:
 def cmd_sample_walk(args: argparse.Namespace) -> None:
     """`sample --interpolate`: walks from one random z to another, as a PNG grid and a GIF."""
     from gankit import sampling
-    from gankit.training.loop import load_run
+    from gankit.runs import load_run
 
     if args.grid:
         raise UserError("--interpolate writes a PNG and a GIF named by --out; drop --grid")
@@ -269,11 +276,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     import json
 
     import numpy as np
-    import torch
 
     from gankit import sampling
     from gankit.metrics.judge import judge
-    from gankit.training.loop import load_run
+    from gankit.runs import load_run
 
     target = Path(args.target)
     if target.suffix == ".npz":
@@ -284,9 +290,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         except Exception as e:  # not a zip, no 'images', a pickle: all the same to the user
             raise UserError(f"'{target}' is not a gankit samples file ({type(e).__name__}); "
                             "it needs a uint8 array 'images'") from None
-        images = torch.from_numpy(array)
-        images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
-        dataset, data_dir = args.dataset or "mnist", args.data_dir
+        images = sampling.from_array(array, str(target))
+        dataset, data_dir = args.dataset or DEFAULT_DATASET, args.data_dir
         labels = None
     else:
         config, task, _, native = load_run(target, device=args.device)
@@ -362,8 +367,6 @@ def cmd_eval_nll(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gankit.training.loop import Stopped
-
     import os
 
     # Under torchrun every rank meets the same errors; rank 0 alone says them.
@@ -376,11 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         {"train": cmd_train, "sample": cmd_sample, "export": cmd_export, "eval": cmd_eval,
          "eval-nll": cmd_eval_nll, "evaluator": cmd_evaluator, "serve": cmd_serve}[args.command](args)
-    except UserError as e:
-        say(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except Stopped as e:
-        say(str(e), file=sys.stderr)
+    except GankitError as e:  # UserError 2, Diverged 3, Stopped 128 + signal
+        say(f"{e.prefix}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         say("aborted; the last checkpoint is untouched", file=sys.stderr)

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from gankit.checkpoint import states_digest
+from gankit import seeds
 from gankit.errors import UserError
 
 TIMEOUT = timedelta(minutes=30)  # rank 0 judges samples at epoch ends while the others wait
@@ -165,7 +166,7 @@ class Ranks:
 
 def noise_seed(seed: int, rank: int) -> int:
     """The seed of rank r's noise: the run's seed for rank 0, one derived from (seed, r) else."""
-    return seed if rank == 0 else seed * 1_000_003 + 7_919 * rank
+    return seed if rank == 0 else seeds.derive(seed, 7_919 * rank)
 
 
 def weights_digest(modules: dict[str, nn.Module]) -> str:

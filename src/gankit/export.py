@@ -1,8 +1,9 @@
 """A trained generator as a file other programs can load: safetensors or ONNX.
 
-The file holds the generator alone, the function z -> images that `gankit sample` uses:
-- dcgan: G, or the moving average of G's weights for a run trained with --ema;
-- vae, vae-mlp: the decoder, with the sigmoid that turns its logits into the mean image.
+The file holds the generator alone, the function z -> images that `gankit sample` uses
+(the task's `sampler()`):
+- a GAN: G, or the moving average of G's weights for a run trained with --ema;
+- a VAE: the decoder, with the sigmoid that turns its logits into the mean image.
 Input z: float32 (N, nz) ~ N(0, I). Output: float32 images (N, C, S, S) in [-1, 1] at the
 network's size S. MNIST-like runs pad 28x28 to 32x32, so their images carry a 2-pixel
 border of background: crop it with ``images[..., 2:30, 2:30]`` (metadata "crop" gives
@@ -30,62 +31,27 @@ from torch import nn
 import gankit
 from gankit.config import TrainConfig
 from gankit.errors import UserError
+from gankit.files import write_atomic
 from gankit.models import eval_mode
-from gankit.models.dcgan import Generator
-from gankit.models.vae import ConvVAE, MlpVAE
+from gankit.registry import task_class
+from gankit.runs import load_run
 
 FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx"}
 ONNX_OPSET = 17  # ONNX Runtime 1.12+ and onnxruntime-web run it
 INSTALL_HINT = "pip install 'gankit[export]'"
 
 
-class VaeDecoder(nn.Module):
-    """A VAE's decoder as a generator: z -> its mean image in [-1, 1], as VaeTask.generate does."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(z)) * 2 - 1
-
-
-def mlp_decoder(vae: MlpVAE) -> nn.Module:
-    """MlpVAE.decode as one module (its layers, shared, not copied)."""
-    return nn.Sequential(vae.fc3, nn.ReLU(), vae.fc4, nn.Unflatten(1, vae.shape))
-
-
-def sampler_of(task, model: str) -> nn.Module:
-    """The module of a trained task that turns z into the images `gankit sample` shows."""
-    if model == "dcgan":
-        # With --ema the average samples (GanTask.generate); G itself is only trained.
-        return task.generator if task.generator_ema is None else task.generator_ema.module
-    if model == "vae":
-        return VaeDecoder(task.model.decoder)
-    if model == "vae-mlp":
-        return VaeDecoder(mlp_decoder(task.model))
-    raise UserError(f"cannot export a '{model}' run: only dcgan, vae and vae-mlp runs have a generator to export")
-
-
 def build_generator(meta: dict) -> nn.Module:
-    """A fresh, untrained network of the shape an export's metadata describes, in eval mode."""
+    """A fresh, untrained network of the shape an export's metadata describes, in eval mode:
+    the model's task class builds it (Task.build_sampler)."""
     config = TrainConfig.from_dict(meta["config"])
-    size, channels = meta["image_size"], meta["channels"]
-    if config.model == "dcgan":
-        net = Generator(image_size=size, channels=channels, nz=config.nz, width=config.width, edge=config.edge,
-                        num_classes=meta.get("num_classes") or 0)
-    elif config.model == "vae":
-        vae = ConvVAE(image_size=size, channels=channels, latent_dim=config.latent_dim, width=config.width)
-        net = VaeDecoder(vae.decoder)
-    else:
-        net = VaeDecoder(mlp_decoder(MlpVAE(image_size=size, channels=channels, latent_dim=config.latent_dim)))
-    return net.eval()
+    return task_class(config.model).build_sampler(config, meta).eval()
 
 
 def metadata(config: TrainConfig, state: dict, nz: int, native: int) -> dict:
-    from gankit.data import _pad
+    from gankit.data import border
 
-    crop = 0 if native == config.image_size else _pad(native, config.image_size)
+    crop = 0 if native == config.image_size else border(native, config.image_size)
     classes = (config.num_classes or 0) if config.conditional else 0
     inputs = "z: float32 (N, nz) ~ N(0, I)"
     if classes:
@@ -171,13 +137,9 @@ def onnx_bytes(net: nn.Module, meta: dict, nz: int) -> bytes:
 
 def export_run(run: Path, out: Path, fmt: str | None = None) -> dict:
     """Write a run's generator to `out` (safetensors or ONNX, atomically); returns its metadata."""
-    from gankit.sampling import write_atomic
-    from gankit.training.loop import load_run
-
     fmt = check_target(fmt, Path(out))
     config, task, state, native = load_run(Path(run), device="cpu")
-    config = TrainConfig.from_dict(state["config"])  # as trained (load_run sets device=cpu)
-    net = sampler_of(task, config.model)
+    net = task.sampler()
     meta = metadata(config, state, task.nz, native)
     data = safetensors_bytes(net, meta) if fmt == "safetensors" else onnx_bytes(net, meta, task.nz)
     try:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from gankit.files import write_atomic
 
 
 def grid(images: torch.Tensor, *, nrow: int | None = None, padding: int = 2) -> np.ndarray:
@@ -28,25 +28,6 @@ def grid(images: torch.Tensor, *, nrow: int | None = None, padding: int = 2) -> 
         y, x = padding + r * (h + padding), padding + k * (w + padding)
         canvas[y:y + h, x:x + w] = pics[i]
     return canvas
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file and a rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_writes(folder: Path) -> None:
-    """Temporary files of write_atomic that a killed process left behind (never a whole file)."""
-    for tmp in Path(folder).glob(".*-*.tmp"):
-        tmp.unlink(missing_ok=True)
 
 
 def grid_png(images: torch.Tensor, *, nrow: int | None = None) -> bytes:
@@ -69,6 +50,18 @@ def to_array(images: torch.Tensor) -> np.ndarray:
     return x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)
 
 
+def from_array(array: np.ndarray, name: str) -> torch.Tensor:
+    """The inverse of to_array: (N, H, W) or (N, H, W, C) -> (N, C, H, W); UserError when
+    the array cannot be images (`name` says where it came from)."""
+    from gankit.errors import UserError
+
+    if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in (1, 3)):
+        raise UserError(f"'{name}' holds an array 'images' of shape {tuple(array.shape)}; it needs uint8 images "
+                        "of shape (N, H, W) or (N, H, W, 3), as `gankit sample` writes them")
+    images = torch.from_numpy(np.ascontiguousarray(array))
+    return images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+
+
 def save_npz(images: torch.Tensor, path: Path) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, images=to_array(images))
@@ -80,15 +73,20 @@ def num_classes(task) -> int:
     return int(getattr(task, "num_classes", 0) or 0)
 
 
+def balanced_labels(n: int, classes: int) -> torch.Tensor:
+    """0, 1, ..., C-1, 0, 1, ...: n labels (on the CPU), every class as often as n allows."""
+    return torch.arange(n) % classes
+
+
 def sample_labels(task, n: int, label: int | None = None) -> torch.Tensor | None:
     """The labels `generate` draws n images of: None for an unconditional task; else
-    `label` for every image, or, when None, balanced: 0, 1, ..., C-1, 0, 1, ..."""
+    `label` for every image, or, when None, balanced_labels."""
     classes = num_classes(task)
     if not classes:
         return None
     if label is not None:
         return torch.full((n,), int(label), dtype=torch.long)
-    return torch.arange(n) % classes
+    return balanced_labels(n, classes)
 
 
 def generate(task, n: int, *, seed: int, native: int, batch_size: int = 500,
@@ -98,7 +96,7 @@ def generate(task, n: int, *, seed: int, native: int, batch_size: int = 500,
     All of z comes at once from one seeded CPU generator, so the same seed gives the
     same images whatever the batch size or device. A conditional task draws every image
     as class `label`, or (None) the classes in turn: sample_labels."""
-    z = task.noise(n, generator=torch.Generator().manual_seed(seed))
+    z = task.noise(n, rng=torch.Generator().manual_seed(seed))
     return decode(task, z, native=native, batch_size=batch_size, labels=sample_labels(task, n, label))
 
 
@@ -145,7 +143,7 @@ def walks(task, rows: int, steps: int, *, seed: int, native: int, batch_size: in
     walk after walk. Walk i goes by slerp from one z to another, both drawn from one seeded
     CPU generator: the same seed gives the same walks on every device and batch size.
     A conditional task keeps one class along a walk: `label`, or class i % C for walk i."""
-    ends = task.noise(2 * rows, generator=torch.Generator().manual_seed(seed)).cpu()
+    ends = task.noise(2 * rows, rng=torch.Generator().manual_seed(seed)).cpu()
     t = torch.arange(steps, dtype=torch.float64) / (steps - 1)         # exactly 0 and 1 at the ends
     z = slerp(ends[:rows, None], ends[rows:, None], t[None, :, None])   # (rows, steps, nz)
     per_row = sample_labels(task, rows, label)

@@ -43,9 +43,45 @@ def run_name(run: Path) -> str:
     return run.name
 
 
+def number(name: str, default, low, high, kind=int):
+    """Query parameter `name` as a `kind` (int or float) from low to high, or BadQuery."""
+    text = request.args.get(name)
+    if text is None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise BadQuery(f"{name}={text[:40]!r} is not a {'whole number' if kind is int else 'number'}") from None
+    if not (math.isfinite(value) and low <= value <= high):
+        raise BadQuery(f"{name} must be from {low} to {high}, got {value if kind is int else text[:40]}")
+    return value
+
+
+def class_query(classes: int) -> int | None:
+    """The `class` parameter: one of a conditional run's classes, or None."""
+    if not classes:
+        if "class" in request.args:
+            raise BadQuery("class: this run is not conditional (it was trained without --conditional)")
+        return None
+    return number("class", None, 0, classes - 1)
+
+
+def png_response(draw, weights: str, lock: threading.Lock) -> Response:
+    """The PNG of draw() -> (images, nrow), or 304 when the browser already has it."""
+    etag = f"{weights}-{hashlib.sha1(request.full_path.encode()).hexdigest()[:16]}"
+    if etag in request.if_none_match:
+        return Response(status=304, headers={"ETag": f'"{etag}"'})
+    with lock, torch.no_grad():
+        images, nrow = draw()
+    response = Response(sampling.grid_png(images, nrow=nrow), mimetype="image/png")
+    response.set_etag(etag)
+    response.cache_control.no_cache = True  # ask again each time; the ETag makes that cheap
+    return response
+
+
 def create_app(run: Path, device: str = "cpu") -> Flask:
     """The explorer's Flask app for a run, loaded once here (UserError when it cannot be)."""
-    from gankit.training.loop import load_run
+    from gankit.runs import load_run
 
     config, task, state, native = load_run(run, device=device)
     classes = sampling.num_classes(task)
@@ -69,41 +105,15 @@ def create_app(run: Path, device: str = "cpu") -> Flask:
     def bad_query(error):
         return Response(f"{error}\n", status=400, mimetype="text/plain")
 
-    def number(name: str, default, low, high, kind=int):
-        """Query parameter `name` as a `kind` (int or float) from low to high, or BadQuery."""
-        text = request.args.get(name)
-        if text is None:
-            return default
-        try:
-            value = kind(text)
-        except ValueError:
-            raise BadQuery(f"{name}={text[:40]!r} is not a {'whole number' if kind is int else 'number'}") from None
-        if not (math.isfinite(value) and low <= value <= high):
-            raise BadQuery(f"{name} must be from {low} to {high}, got {value if kind is int else text[:40]}")
-        return value
+    def picture(draw) -> Response:
+        return png_response(draw, weights, lock)
 
     def label() -> int | None:
-        if not classes:
-            if "class" in request.args:
-                raise BadQuery("class: this run is not conditional (it was trained without --conditional)")
-            return None
-        return number("class", None, 0, classes - 1)
-
-    def picture(draw) -> Response:
-        """The PNG of draw() -> (images, nrow), or 304 when the browser already has it."""
-        etag = f"{weights}-{hashlib.sha1(request.full_path.encode()).hexdigest()[:16]}"
-        if etag in request.if_none_match:
-            return Response(status=304, headers={"ETag": f'"{etag}"'})
-        with lock, torch.no_grad():
-            images, nrow = draw()
-        response = Response(sampling.grid_png(images, nrow=nrow), mimetype="image/png")
-        response.set_etag(etag)
-        response.cache_control.no_cache = True  # ask again each time; the ETag makes that cheap
-        return response
+        return class_query(classes)
 
     def latent(seed: int) -> torch.Tensor:
         """(1, nz): the z of a seed, drawn on the CPU as `generate` draws its z's."""
-        return task.noise(1, generator=torch.Generator().manual_seed(seed)).cpu()
+        return task.noise(1, rng=torch.Generator().manual_seed(seed)).cpu()
 
     @app.get("/")
     def index():

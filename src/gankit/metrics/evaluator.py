@@ -27,10 +27,10 @@ random shifts of up to 2 pixels. Deterministic on CPU for a given seed.
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gankit.errors import UserError
+from gankit.files import write_atomic
 
 __all__ = [
     "ARCH_VERSION",
@@ -285,19 +286,9 @@ def load_or_train_evaluator(images: Tensor, labels: Tensor, cache_dir: str | os.
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create evaluator cache folder {cache_dir}: {exc}") from exc
-    fd, tmp = tempfile.mkstemp(prefix=".evaluator-", suffix=".pt.tmp", dir=cache_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(model.state_dict(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_atomic(path, buffer.getvalue())
     say(f"saved evaluator to {path}")
     return model
 

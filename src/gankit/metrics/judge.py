@@ -8,9 +8,10 @@ Pipeline, for generated images and, as the floor, for as many real training imag
                         with the labels the samples were drawn for (a conditional
                         generator): class accuracy, the share classified as their label.
 
-Stacked MNIST (three digits in R, G, B) is judged channel by channel with the MNIST
-evaluator: the class is 100 r + 10 g + b (1000 modes) and the features are the three
-channels' features side by side.
+A dataset whose images hold one digit per channel (Stacked MNIST: three digits in R, G,
+B; its registry entry borrows the MNIST evaluator) is judged channel by channel: the class
+is 100 r + 10 g + b (1000 modes) and the features are the three channels' features side
+by side.
 """
 
 from __future__ import annotations
@@ -27,16 +28,16 @@ from gankit.data.mnist import default_data_root
 from gankit.errors import UserError
 from gankit.metrics.evaluator import classify, load_or_train_evaluator, mode_coverage
 from gankit.metrics.quality import classifier_score, fid, kid, knn_radii, precision_recall
-from gankit.sampling import write_atomic
+from gankit.files import write_atomic
+from gankit.registry import dataset_spec, judged_datasets
 
-JUDGED = ("mnist", "fashion-mnist", "stacked-mnist")
 REFERENCE_VERSION = 1  # bump when the reference figures are computed differently
 
 
 def evaluator_for(dataset: str, data_dir: str | None, progress: bool = True, train=None):
     """The cached evaluator of a labelled 28x28 dataset (trained on first use). `train`:
     the base dataset's train split when the caller has it already, to read it only once."""
-    base = "mnist" if dataset == "stacked-mnist" else dataset
+    base = dataset_spec(dataset).evaluator
     if train is None or train.name != base:
         train = load_dataset(base, split="train", data_dir=data_dir)
     return load_or_train_evaluator(train.images, train.labels, evaluator_cache(),
@@ -44,7 +45,11 @@ def evaluator_for(dataset: str, data_dir: str | None, progress: bool = True, tra
 
 
 def classes_of(dataset: str) -> int:
-    return 1000 if dataset == "stacked-mnist" else 10
+    return dataset_spec(dataset).num_classes
+
+
+def sample_channels(dataset: str) -> int:
+    return dataset_spec(dataset).channels or 1
 
 
 def evaluator_cache() -> Path:
@@ -52,16 +57,16 @@ def evaluator_cache() -> Path:
 
 
 def embed(evaluator, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(features, probabilities, predicted class) of uint8 (N, C, 28, 28); C=3 is Stacked MNIST."""
-    if images.shape[1] == 1:
-        probs, features = classify(evaluator, images)
-        return features, probs, probs.argmax(1)
+    """(features, probabilities, predicted class) of uint8 (N, C, 28, 28). C > 1 (Stacked
+    MNIST): each channel is one digit, the class is the digits read as a number (100 r +
+    10 g + b), the features are the channels' features side by side."""
     parts = [classify(evaluator, images[:, c:c + 1].contiguous()) for c in range(images.shape[1])]
     features = torch.cat([f for _, f in parts], dim=1)
-    digits = [p.argmax(1) for p, _ in parts]
-    predicted = digits[0] * 100 + digits[1] * 10 + digits[2]
-    # The joint distribution over 1000 classes, assuming the channels independent given the image.
-    probs = torch.einsum("ni,nj,nk->nijk", *[p for p, _ in parts]).reshape(len(images), -1)
+    probs, predicted = parts[0][0], parts[0][0].argmax(1)
+    for p, _ in parts[1:]:
+        # The joint distribution, assuming the channels independent given the image.
+        probs = (probs[:, :, None] * p[:, None, :]).reshape(len(images), -1)
+        predicted = predicted * p.shape[1] + p.argmax(1)
     return features, probs, predicted
 
 
@@ -84,10 +89,10 @@ def judge(images: torch.Tensor, dataset: str, data_dir: str | None = None, *, se
     """All figures for uint8 images (N, C, 28, 28) of `dataset`, plus the floor for N real ones.
     `labels` (N,): the class each image was asked to be (stacked-mnist: 100 r + 10 g + b);
     given, the result has "class_accuracy", the share the evaluator puts in that class."""
-    if dataset not in JUDGED:
-        raise UserError(f"gankit eval judges {', '.join(JUDGED)} samples; '{dataset}' has no evaluator "
+    if dataset not in judged_datasets():
+        raise UserError(f"gankit eval judges {', '.join(judged_datasets())} samples; '{dataset}' has no evaluator "
                         "(it needs labelled 28x28 data)")
-    channels = 3 if dataset == "stacked-mnist" else 1
+    channels = sample_channels(dataset)
     if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (channels, 28, 28):
         raise UserError(f"{dataset} samples must be uint8 of shape (N, 28, 28{', 3' if channels == 3 else ''}); "
                         f"got {images.dtype} {tuple(images.shape)}")

@@ -7,7 +7,7 @@ z (nz) is reshaped to an nz-channel 1x1 image. Widths double at every halving of
 resolution, so at 32x32 with width 64 the generator runs 256 -> 128 -> 64 channels
 (DCGAN paper, Fig. 1, scaled down). No pooling, no fully connected layers.
 
-Two switches reproduce the two readings of the recipe (see gankit.config.RECIPES):
+Two switches reproduce the two readings of the recipe (see gankit.training.gan.RECIPES):
 - ``edge="4x4"`` (DCGAN paper): G's first layer maps 1x1 -> 4x4 with a stride-1 k4
   convolution, D's last layer maps 4x4 -> 1x1 the same way.
   ``edge="1x1"`` (tutorial, read literally): every layer is k4 s2 p1 from 1x1 up,

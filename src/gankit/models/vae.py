@@ -20,9 +20,29 @@ from torch import nn
 from gankit.models.dcgan import Discriminator, Generator
 
 
+def mean_image(logits: torch.Tensor) -> torch.Tensor:
+    """The mean of the Bernoulli pixels p(x|z), scaled to [-1, 1] like every image gankit draws."""
+    return torch.sigmoid(logits) * 2 - 1
+
+
+class MeanImage(nn.Module):
+    """A decoder as a generator: z -> the mean image in [-1, 1] (what sampling and export use)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return mean_image(self.net(z))
+
+
 class VAE(nn.Module):
     """What both VAEs share: one forward pass x -> (mu, logvar, logits), so that
     DistributedDataParallel, which hooks forward(), sees the whole training pass."""
+
+    def decoder_net(self) -> nn.Module:
+        """decode() as one module, z -> logits (its layers, shared, not copied)."""
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
         """x in [0, 1] -> mu, logvar (fp32, also under autocast: the bound is taken in fp32)
@@ -51,6 +71,9 @@ class ConvVAE(VAE):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
+    def decoder_net(self) -> nn.Module:
+        return self.decoder
+
 
 class MlpVAE(VAE):
     """784-400-20, ReLU, sigmoid output (here: logits; the loss applies the sigmoid)."""
@@ -73,3 +96,6 @@ class MlpVAE(VAE):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.fc3(z))                             # (N, 400)
         return self.fc4(h).view(-1, *self.shape)                # (N, C, H, W) logits
+
+    def decoder_net(self) -> nn.Module:
+        return nn.Sequential(self.fc3, nn.ReLU(), self.fc4, nn.Unflatten(1, self.shape))

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import torch
 
+from gankit import seeds
 from gankit.data import to_model
 
-PRECISIONS = ("auto", "fp32", "bf16")
 WARMUP = 3                  # eager steps before the capture (PyTorch's CUDA graph notes ask for a few)
 GPU_DATA_FRACTION = 0.5     # keep the dataset on the GPU while it takes at most this part of free memory
 
@@ -52,7 +52,7 @@ def resolve_precision(requested: str, device: torch.device) -> torch.dtype | Non
 def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The batch order of one epoch, a function of (seed, epoch) only. Drawn on the CPU,
     so that every device trains on the same batches in the same order."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seeds.derive(seed, epoch)))
 
 
 class Batches:

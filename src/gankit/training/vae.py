@@ -18,23 +18,25 @@ normalized density.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gankit.config import TrainConfig
-from gankit.data import _pad
+from gankit.data import border, to_model
+from gankit.errors import UserError
 from gankit.models import eval_mode
-from gankit.models.vae import ConvVAE, MlpVAE
+from gankit.models.vae import ConvVAE, MeanImage, MlpVAE
+from gankit.training.task import FAKE_GRID, Task
 
 LOG_2PI = math.log(2 * math.pi)
 
 
 def native_frame(t: torch.Tensor, native: int) -> torch.Tensor:
     """The native image region of a padded tensor (N, C, S, S); unchanged when not padded."""
-    pad = _pad(native, t.shape[-1])
+    pad = border(native, t.shape[-1])
     return t if pad is None else t[..., pad:pad + native, pad:pad + native]
 
 
@@ -62,7 +64,7 @@ def elbo_terms(model: nn.Module, x: torch.Tensor, native: int, eps: torch.Tensor
 
 @torch.no_grad()
 def iwae_nll(model: nn.Module, x: torch.Tensor, native: int, k: int, *, chunk: int = 8192,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             rng: torch.Generator | None = None) -> torch.Tensor:
     """-(IWAE bound) per image (N,) for x in [0, 1], with k importance samples per image,
     decoding about `chunk` latents per call. k=1 is a one-sample estimate of the negative ELBO."""
     mu, logvar = model.encode(x)                                   # (N, L)
@@ -71,7 +73,7 @@ def iwae_nll(model: nn.Module, x: torch.Tensor, native: int, k: int, *, chunk: i
     for start in range(0, x.shape[0], per):
         m, lv = mu[start:start + per, None], logvar[start:start + per, None]   # (B, 1, L)
         b, latent = m.shape[0], m.shape[-1]
-        eps = torch.randn((b, k, latent), generator=generator, device="cpu").to(x.device)
+        eps = torch.randn((b, k, latent), generator=rng, device="cpu").to(x.device)
         z = m + eps * torch.exp(0.5 * lv)                          # (B, k, L)
         logits = native_frame(model.decode(z.reshape(b * k, latent)), native)   # (B*k, C, H, W)
         target = native_frame(x[start:start + per], native)
@@ -84,23 +86,55 @@ def iwae_nll(model: nn.Module, x: torch.Tensor, native: int, k: int, *, chunk: i
     return out
 
 
-class VaeTask:
-    """A VAE, its Adam optimizer, and the step that maximizes the ELBO."""
+@torch.no_grad()
+def test_bounds(model: nn.Module, images: torch.Tensor, *, size: int, native: int, rng: torch.Generator,
+                k: int | None = None, batch_size: int = 500, progress=None) -> dict[str, float]:
+    """The mean negative ELBO and its parts over uint8 images (N, C, h, w), nats per image,
+    with eps from `rng` (on the CPU: the same figures on every device); with k, also the
+    IWAE bound with k importance samples. `progress(n)` is told of each chunk done."""
+    device = next(model.parameters()).device
+    sums = torch.zeros(3, dtype=torch.float64)
+    with eval_mode(model):
+        for chunk in images.split(batch_size):
+            x = (to_model(chunk.to(device), size) + 1) / 2
+            eps = torch.randn(len(chunk), model.latent_dim, generator=rng).to(device)
+            recon, kl, _ = elbo_terms(model, x, native, eps)
+            iwae = iwae_nll(model, x, native, k, rng=rng).sum() if k else torch.zeros((), device=device)
+            sums += torch.stack([recon.sum(), kl.sum(), iwae]).double().cpu()
+            if progress is not None:
+                progress(len(chunk))
+    recon, kl, iwae = (sums / len(images)).tolist()
+    figures = {"neg_elbo": recon + kl, "recon": recon, "kl": kl}
+    if k:
+        figures["iwae_nll"] = iwae
+    return figures
 
+
+class VaeTask(Task):
+    """The convolutional VAE, its Adam optimizer, and the step that maximizes the ELBO."""
+
+    # Adam 1e-3 with PyTorch's default betas, as in PyTorch's classic VAE example; the
+    # width and latent size: docs/results.md ("VAE") has the measurements.
+    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "width": 32, "latent_dim": 32}
     metric_names = ("neg_elbo", "recon", "kl")
+    hparam_tags = ("epoch/neg_elbo", "epoch/test_neg_elbo")
 
-    def __init__(self, config: TrainConfig, *, channels: int, device: torch.device, native_size: int):
+    @classmethod
+    def make_model(cls, config, channels: int) -> nn.Module:
+        return ConvVAE(image_size=config.image_size, channels=channels, latent_dim=config.latent_dim,
+                       width=config.width)
+
+    def __init__(self, config, *, channels: int, device: torch.device, native_size: int,
+                 optimizers: bool = True):
         self.device = device
         self.native = native_size
         self.size = config.image_size
         self.nz = config.latent_dim
-        if config.model == "vae-mlp":
-            self.model = MlpVAE(image_size=config.image_size, channels=channels, latent_dim=config.latent_dim)
-        else:
-            self.model = ConvVAE(image_size=config.image_size, channels=channels,
-                                 latent_dim=config.latent_dim, width=config.width)
-        self.model.to(device)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
+        self.model = self.make_model(config, channels).to(device)
+        self._optimizers = {}
+        if optimizers:
+            self._optimizers = {"vae": torch.optim.Adam(self.model.parameters(), lr=config.lr,
+                                                        betas=(config.beta1, config.beta2))}
         self.train_model = self.model  # what the step calls: under torchrun, the DDP wrapper
 
     def distribute(self, ranks) -> None:
@@ -114,12 +148,7 @@ class VaeTask:
 
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"vae": self.opt}
-
-    def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        if generator is not None:
-            return torch.randn(n, self.nz, generator=generator).to(self.device)
-        return torch.randn(n, self.nz, device=self.device)
+        return self._optimizers
 
     def step(self, real: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One step on a batch in [-1, 1] (the loop's scale); the VAE works in [0, 1].
@@ -127,38 +156,49 @@ class VaeTask:
         x = (real + 1) / 2
         recon, kl, _ = elbo_terms(self.train_model, x, self.native)
         loss = (recon + kl).mean()                             # negative ELBO, nats per image
-        self.opt.zero_grad(set_to_none=True)
+        opt = self._optimizers["vae"]
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        self.opt.step()
+        opt.step()
         return {"neg_elbo": loss.detach(), "recon": recon.mean().detach(), "kl": kl.mean().detach()}
+
+    def sampler(self) -> nn.Module:
+        """The decoder with the sigmoid that turns its logits into the mean image."""
+        return MeanImage(self.model.decoder_net())
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's mean image in [-1, 1]; `labels` is ignored (an unconditional model)."""
         with eval_mode(self.model):
-            return torch.sigmoid(self.model.decode(z)) * 2 - 1
+            return self.sampler()(z)
 
     @torch.no_grad()
     def pictures(self, fixed_z: torch.Tensor, shown: torch.Tensor) -> dict[str, torch.Tensor]:
         """fake: decoded fixed noise; recon: rows of images, each above its reconstruction."""
         with eval_mode(self.model):
-            x = (shown + 1) / 2
-            mu, _ = self.model.encode(x)
-            recon = torch.sigmoid(self.model.decode(mu)) * 2 - 1   # the posterior mean's decoding
+            mu, _ = self.model.encode((shown + 1) / 2)
+            recon = self.generate(mu)                          # the posterior mean's decoding
         rows = [t for pair in zip(shown.split(8), recon.split(8)) for t in pair]
-        return {"fake": self.generate(fixed_z), "recon": torch.cat(rows)}
+        return {FAKE_GRID: self.generate(fixed_z), "recon": torch.cat(rows)}
 
-    @torch.no_grad()
-    def evaluate(self, test: torch.Tensor, generator: torch.Generator, batch_size: int = 500) -> dict[str, float]:
-        """Test-set negative ELBO and its parts, nats per image; eps from `generator`."""
-        from gankit.data import to_model
+    def evaluate(self, test: torch.Tensor, rng: torch.Generator) -> dict[str, float]:
+        """Test-set negative ELBO and its parts, nats per image; eps from `rng`."""
+        bounds = test_bounds(self.model, test, size=self.size, native=self.native, rng=rng)
+        return {f"test_{k}": v for k, v in bounds.items()}
 
-        sums = torch.zeros(2, dtype=torch.float64)
-        with eval_mode(self.model):
-            for chunk in test.split(batch_size):
-                x = (to_model(chunk.to(self.device), self.size) + 1) / 2
-                eps = torch.randn(len(chunk), self.nz, generator=generator).to(self.device)
-                recon, kl, _ = elbo_terms(self.model, x, self.native, eps)
-                sums += torch.stack([recon.sum(), kl.sum()]).double().cpu()
-        recon, kl = (sums / test.shape[0]).tolist()
-        return {"test_neg_elbo": recon + kl, "test_recon": recon, "test_kl": kl}
+    @classmethod
+    def build_sampler(cls, config, meta: dict) -> nn.Module:
+        """A fresh decoder of the shape an export's metadata describes."""
+        shape = dataclasses.replace(config, image_size=meta["image_size"])
+        return MeanImage(cls.make_model(shape, meta["channels"]).decoder_net())
+
+
+class MlpVaeTask(VaeTask):
+    """The classic MLP VAE (PyTorch's examples/vae: 784-400-20), on the data's native pixels."""
+
+    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "width": None, "latent_dim": 20}
+    native_pixels = True  # an MLP sees the native pixels: no padding, no resize
+
+    @classmethod
+    def make_model(cls, config, channels: int) -> nn.Module:
+        return MlpVAE(image_size=config.image_size, channels=channels, latent_dim=config.latent_dim)

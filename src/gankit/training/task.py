@@ -1,0 +1,96 @@
+"""The task protocol: everything the loop, sampling, serving and export may ask of a model.
+
+A task owns a model's modules and optimizers and knows its training step. The loop
+(gankit.training.loop), the samplers (gankit.sampling), the explorer (gankit.serve) and
+export (gankit.export) use the members below and nothing else, so a new model is a task
+class in gankit/training/, its nn.Modules in gankit/models/, and one line in
+gankit/registry.py.
+
+Class members (read before a task exists):
+- `defaults`: the model's defaults for settings the user left as None (lr, betas, width, ...).
+- `resolve(config)`: those defaults for this config (a GAN adds its recipe's); explicit values win.
+- `check(config)`: refuse settings that cannot work for this model, with a UserError.
+- `summary(config)`: what the log line that starts training adds after the model's name.
+- `metric_names`: the step's metrics; the first two go on the progress bar.
+- `hparam_tags`: the TensorBoard tags shown beside the run's settings in the HPARAMS tab.
+- `native_pixels`: True when the network works at the data's native size (no padding).
+- `takes_ema`, `takes_labels`: whether `--ema` (sampling from averaged weights) and
+  `--conditional` (class labels for G and D) apply to this model.
+- `build_sampler(config, meta)`: a fresh, untrained sampler network of an export's shape.
+
+Instance members:
+- `__init__(config, *, channels, device, native_size, optimizers=True)`: modules with their
+  seeded initial weights; optimizers=False for a task that only samples.
+- `modules` (name -> nn.Module, what a checkpoint stores) and `optimizers` (name -> optimizer).
+- `nz`: the length of z; `num_classes`: classes the sampler is conditioned on (0: none);
+  `grid_columns`: images a row in the per-epoch grids.
+- `noise(n, rng=None)`, `generate(z, labels=None)`, `sampler()`: z, images in [-1, 1] from z,
+  and the module that does that (what export writes).
+- `step(real, labels=None) -> {name: 0-d tensor}`: one training step.
+- `pictures(fixed_z, shown)`, `evaluate(test, rng)`: the per-epoch grids and test figures.
+- `distribute(ranks)`: train as one of several torchrun ranks.
+
+The rule for `step`: it must be capturable as a CUDA graph (gankit.training.runner
+replays it). So no host sync (no .item(), float() or printing of a tensor), no Python
+branching on tensor values, random draws on the device, and metrics returned as 0-d
+device tensors that the loop reads when it chooses.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+# The per-epoch grid of generated images, samples/fake_epoch_NNN.png (a picture's name, which
+# only happens to be spelled like the random `fake` dataset).
+FAKE_GRID = "fake"
+
+
+class Task:
+    """The members every task shares; subclasses fill in the rest of the protocol."""
+
+    defaults: dict = {}
+    metric_names: tuple[str, ...] = ()
+    hparam_tags: tuple[str, ...] = ()
+    native_pixels = False
+    takes_ema = False
+    takes_labels = False
+    nz: int
+    device: torch.device
+    num_classes = 0
+    grid_columns = 8  # 64 images as 8x8, as in the tutorial
+
+    @classmethod
+    def resolve(cls, config) -> dict:
+        return dict(cls.defaults)
+
+    @classmethod
+    def check(cls, config) -> None:
+        pass
+
+    @classmethod
+    def summary(cls, config) -> str:
+        return ""
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def noise(self, n: int, rng: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ N(0, I), (n, nz). Drawn on the CPU when an rng is given, so that a seed
+        gives the same z on every device; on the device otherwise (the step's draws)."""
+        if rng is not None:
+            return torch.randn(n, self.nz, generator=rng).to(self.device)
+        return torch.randn(n, self.nz, device=self.device)
+
+    def evaluate(self, test: torch.Tensor, rng: torch.Generator) -> dict[str, float]:
+        """Per-epoch figures on the test split; none unless a task has some."""
+        return {}
+
+    def distribute(self, ranks) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot train under torchrun")
