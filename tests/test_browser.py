@@ -10,9 +10,8 @@ import io
 import os
 
 import pytest
-from PIL import Image
-
 from explorer_browser import PICTURES, browser_missing, chromium, loaded, open_explorer, pixels, serving, settled
+from PIL import Image
 
 
 @pytest.fixture(scope="module")

@@ -154,8 +154,9 @@ def test_checkpoint_from_another_model_shape(capsys, tmp_path, tiny_args):
     ("magic", "magic"), ("truncated", "truncated"), ("checksum", "MD5"), ("gzip", "gzip"),
 ])
 def test_corrupt_data_files(capsys, tmp_path, damage, needle):
-    from gankit.data.idx import write_idx
     import numpy as np
+
+    from gankit.data.idx import write_idx
     data = tmp_path / "mnist"
     data.mkdir()
     n = 60000 if damage == "checksum" else 10  # right shape, wrong bytes: only the MD5 can tell

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cli import assert_one_line_error, run_cli
+from test_training import assert_same_state, weights
 
 from conftest import MNIST_DIR, make_class_folder, requires_mnist
 from gankit.cli import main
 from gankit.models.dcgan import Discriminator, Generator, dcgan_init
-from test_cli import assert_one_line_error, run_cli
-from test_training import assert_same_state, weights
 
 SMALL = dict(image_size=16, channels=1, width=8)
 

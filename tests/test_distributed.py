@@ -19,11 +19,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from conftest import make_class_folder
 from gankit.cli import main
 from gankit.distributed import Ranks, SyncBatchNorm2d, sync_batchnorm, weights_digest
 from gankit.training.runner import Batches
-
-from conftest import make_class_folder
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 TINY = ["--dataset", "fake", "--fake-size", "128", "--image-size", "16", "--width", "8", "--nz", "8",

@@ -11,7 +11,6 @@ import torch
 from conftest import MNIST_DIR, mnist_available
 from gankit.data import load_dataset
 from gankit.errors import UserError
-from gankit.metrics import evaluator as ev
 from gankit.metrics import (
     Evaluator,
     class_histogram,
@@ -21,7 +20,7 @@ from gankit.metrics import (
     prepare,
     train_evaluator,
 )
-
+from gankit.metrics import evaluator as ev
 
 
 def _load(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import assert_one_line_error, run_cli
 
 from gankit.cli import main
 from gankit.export import build_generator, load_safetensors, read_metadata
 from gankit.models.dcgan import Generator
 from gankit.runs import load_run
-from test_cli import assert_one_line_error, run_cli
 
 VAE_ARGS = ["--dataset", "fake", "--fake-size", "64", "--image-size", "16", "--width", "8",
             "--latent-dim", "4", "--batch-size", "16", "--no-progress"]

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cli import assert_one_line_error, run_cli
 
 from gankit.cli import main
 from gankit.sampling import slerp
-from test_cli import assert_one_line_error, run_cli
 
 
 def gaussian(*shape, seed=0):

@@ -206,7 +206,8 @@ def test_fuzz_idx_reader(data):
                                                                   HealthCheck.function_scoped_fixture])
 @given(files=st.lists(st.one_of(
     st.binary(max_size=200),
-    st.builds(lambda w, h, mode: (w, h, mode), st.integers(1, 40), st.integers(1, 40), st.sampled_from(["L", "RGB", "RGBA", "P", "1"])),
+    st.builds(lambda w, h, mode: (w, h, mode), st.integers(1, 40), st.integers(1, 40),
+              st.sampled_from(["L", "RGB", "RGBA", "P", "1"])),
 ), min_size=1, max_size=4), fmt=st.sampled_from(["png", "jpeg"]))
 def test_fuzz_folder_loader(tmp_path_factory, files, fmt):
     from gankit.data.folder import load_folder

@@ -10,12 +10,13 @@ import urllib.request
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from explorer_browser import serving
+from PIL import Image
+from test_cli import assert_one_line_error, run_cli
+
 from gankit.cli import main
 from gankit.serve import create_app
-from test_cli import assert_one_line_error, run_cli
+
 
 @pytest.fixture(scope="module")
 def clients(explorer_runs):
@@ -32,9 +33,10 @@ def test_info_says_what_the_run_is(clients, explorer_runs):
     info = {name: client.get("/api/info").get_json() for name, client in clients.items()}
     assert info["gan"] == {"run": "gan", "path": str(explorer_runs / "gan"), "model": "dcgan",
                            "conditional": False, "num_classes": 0, "nz": 8, "step": 2, "epoch": 0.5,
-                           "image_size": 16, "max_n": 256}
+                           "image_size": 16, "max_n": 256, "title": "DCGAN", "maker": "the generator"}
     assert info["cond"]["conditional"] is True and info["cond"]["num_classes"] == 10
     assert info["vae"]["model"] == "vae" and info["vae"]["conditional"] is False
+    assert info["vae"]["title"] == "convolutional VAE" and info["vae"]["maker"] == "the decoder"
     assert info["vae"]["nz"] == 32  # the VAE's latent size, not the --nz of a GAN
 
 

@@ -50,6 +50,12 @@ def test_only_the_registries_and_their_own_modules_name_models_and_datasets():
     assert {file: found for file, found in hits.items() if found} == {}
 
 
+def test_the_explorer_page_takes_the_model_from_the_server():
+    page = (SRC / "explorer.html").read_text()
+    quoted = {name for name in NAMES for q in "\"'`" if f"{q}{name}{q}" in page}
+    assert quoted == set() and "info.title" in page and "info.maker" in page
+
+
 def test_the_name_check_can_see_a_name():
     # The check above would pass on a scanner that finds nothing; this one would not.
     assert name_literals(SRC / "registry.py")
@@ -70,8 +76,9 @@ def test_no_function_is_longer_than_a_reader_can_hold():
     assert too_long == []
 
 
-PROTOCOL = ("defaults", "metric_names", "hparam_tags", "resolve", "check", "summary", "build_sampler", "modules",
-            "optimizers", "noise", "step", "generate", "sampler", "pictures", "evaluate", "distribute")
+PROTOCOL = ("title", "maker", "defaults", "metric_names", "hparam_tags", "resolve", "check", "summary",
+            "build_sampler", "modules", "optimizers", "noise", "step", "generate", "sampler", "pictures", "evaluate",
+            "distribute")
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -80,7 +87,7 @@ def test_every_registered_model_keeps_the_task_protocol(name):
     assert issubclass(cls, Task)
     overridden = {m for m in PROTOCOL if getattr(cls, m) is not getattr(Task, m, None)}
     # What the base class cannot know: the model's own step, sampler, pictures and metrics.
-    assert {"step", "generate", "sampler", "pictures", "build_sampler", "metric_names", "defaults",
+    assert {"title", "maker", "step", "generate", "sampler", "pictures", "build_sampler", "metric_names", "defaults",
             "modules", "optimizers", "distribute"} <= overridden
     config = TrainConfig(model=name, dataset="fake", image_size=16, width=8, nz=8, latent_dim=4).resolved()
     config.channels = 1

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import MNIST_DIR, requires_mnist
 from gankit.checkpoint import load_checkpoint
 from gankit.cli import main
-from conftest import MNIST_DIR, requires_mnist
 
 
 def weights(run):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import MNIST_DIR, requires_mnist
 from gankit.checkpoint import load_checkpoint
 from gankit.cli import main
-from conftest import MNIST_DIR, requires_mnist
 from gankit.models.vae import ConvVAE, MlpVAE
 from gankit.training.vae import bernoulli_nll, elbo_terms, gaussian_kl, gaussian_log_density, iwae_nll
 

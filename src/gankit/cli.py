@@ -119,8 +119,8 @@ def build_parser() -> Parser:
     x = sub.add_parser("export", help="write a run's generator to a .safetensors or .onnx file",
                        description="Write the generator alone (a VAE's decoder; the averaged G of an --ema run), "
                        "z (N, nz) -> images (N, C, S, S) in [-1, 1] at the network's size, with the run's "
-                       "settings as metadata. MNIST-like runs output 32x32: crop [..., 2:30, 2:30] for 28x28. A --conditional "
-                       "run's generator takes labels (N,) int64 as a second input.")
+                       "settings as metadata. MNIST-like runs output 32x32: crop [..., 2:30, 2:30] for 28x28. "
+                       "A --conditional run's generator takes labels (N,) int64 as a second input.")
     x.add_argument("run", help="run folder (or a checkpoint file)")
     x.add_argument("--out", required=True, help="the file to write, e.g. generator.safetensors or generator.onnx")
     x.add_argument("--format", choices=("safetensors", "onnx"), help="default: from --out's suffix; onnx needs "
@@ -362,7 +362,8 @@ def cmd_eval_nll(args: argparse.Namespace) -> None:
         print(json.dumps(result))
         return
     print(f"{result['model']} at step {result['step']}, {result['images']} test images, nats per image:")
-    print(f"  negative ELBO       {result['neg_elbo']:9.2f}   (reconstruction {result['recon']:.2f} + KL {result['kl']:.2f})")
+    print(f"  negative ELBO       {result['neg_elbo']:9.2f}   "
+          f"(reconstruction {result['recon']:.2f} + KL {result['kl']:.2f})")
     print(f"  IWAE bound, k={args.k:<5} {result['iwae_nll']:9.2f}   (an upper bound on -log p(x))")
 
 

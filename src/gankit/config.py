@@ -10,10 +10,17 @@ import dataclasses
 from dataclasses import dataclass
 
 from gankit.errors import UserError
-from gankit.registry import (DEFAULT_DATASET, DEFAULT_MODEL, conditional_needs_labels, dataset_spec, models_that,
-                             task_class)
+from gankit.registry import (
+    DEFAULT_DATASET,
+    DEFAULT_MODEL,
+    conditional_needs_labels,
+    dataset_spec,
+    models_that,
+    task_class,
+)
 from gankit.training.gan import DEFAULT_RECIPE
 from gankit.training.losses import DEFAULT_LOSS
+
 
 @dataclass
 class TrainConfig:

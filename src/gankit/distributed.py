@@ -31,8 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gankit.checkpoint import states_digest
 from gankit import seeds
+from gankit.checkpoint import states_digest
 from gankit.errors import UserError
 
 TIMEOUT = timedelta(minutes=30)  # rank 0 judges samples at epoch ends while the others wait

@@ -89,6 +89,7 @@ def create_app(run: Path, device: str = "cpu") -> Flask:
     steps_per_epoch = int(state.get("dataset_size", 0)) // config.batch_size
     info = {
         "run": run_name(run), "path": str(run), "model": config.model, "conditional": bool(classes),
+        "title": type(task).title, "maker": type(task).maker,
         "num_classes": classes, "nz": task.nz, "step": step, "image_size": native,
         "epoch": round(step / steps_per_epoch, 1) if steps_per_epoch else None, "max_n": MAX_N,
     }

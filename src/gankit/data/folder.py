@@ -66,7 +66,8 @@ def load_folder(root: Path, *, size: int, channels: int = 3, log=None):
     if skipped:
         log(f"warning: skipped {skipped} of {len(paths)} files under '{root}' that could not be read as images")
     if not arrays:
-        raise UserError(f"none of the {len(paths)} image files under '{root}' could be read; check that they are valid PNG/JPEG files")
+        raise UserError(f"none of the {len(paths)} image files under '{root}' could be read; check that they are "
+                        "valid PNG/JPEG files")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     top = [p.relative_to(root).parts for p in kept]
     if all(len(parts) > 1 for parts in top):

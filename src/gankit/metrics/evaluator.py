@@ -159,13 +159,13 @@ def _check_labels(labels: Tensor, n: int) -> None:
         raise UserError(f"labels must lie in 0..{NUM_CLASSES - 1}")
 
 
-def _random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
+def _random_shift(x: Tensor, max_shift: int, rng: torch.Generator) -> Tensor:
     """Shift each image by an independent integer offset in [-max_shift, max_shift]."""
     if max_shift <= 0:
         return x
     b, _, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4)
-    off = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator)
+    off = torch.randint(0, 2 * max_shift + 1, (2, b), generator=rng)
     rows = (off[0][:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
     cols = (off[1][:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
     batch = torch.arange(b)[:, None, None]

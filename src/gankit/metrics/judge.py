@@ -26,9 +26,9 @@ import torch
 from gankit.data import load_dataset
 from gankit.data.mnist import default_data_root
 from gankit.errors import UserError
+from gankit.files import write_atomic
 from gankit.metrics.evaluator import classify, load_or_train_evaluator, mode_coverage
 from gankit.metrics.quality import classifier_score, fid, kid, knn_radii, precision_recall
-from gankit.files import write_atomic
 from gankit.registry import dataset_spec, judged_datasets
 
 REFERENCE_VERSION = 1  # bump when the reference figures are computed differently

@@ -1,8 +1,7 @@
 """nn.Modules only: the DCGAN (dcgan.py) and the VAEs (vae.py)."""
 
-from contextlib import contextmanager
-
 import copy
+from contextlib import contextmanager
 
 import torch
 from torch import nn

@@ -31,6 +31,7 @@ EDGES = ("4x4", "1x1")         # models/dcgan.py says what each means
 class GanTask(Task):
     """Generator, discriminator, their Adam optimizers, and the step that trains them."""
 
+    title, maker = "DCGAN", "the generator"
     # Adam lr 2e-4, beta1 0.5 (DCGAN paper, Sec. 4); beta2 comes from the recipe.
     defaults = {"lr": 2e-4, "beta1": 0.5, "width": 64, "latent_dim": None}
     metric_names = ("loss_d", "loss_g", "d_real", "d_fake")

@@ -34,8 +34,15 @@ from gankit.distributed import Ranks, noise_seed, weights_digest, world_size
 from gankit.errors import Diverged, Stopped, UserError
 from gankit.files import remove_stale_temps, write_atomic, write_json
 from gankit.registry import dataset_spec
-from gankit.runs import build_task, default_out, has_test_split, load_split, pick_device, prepare_out, \
-    resolve_data_config
+from gankit.runs import (
+    build_task,
+    default_out,
+    has_test_split,
+    load_split,
+    pick_device,
+    prepare_out,
+    resolve_data_config,
+)
 from gankit.training.runner import Batches, Stepper, resolve_precision
 from gankit.training.signals import signal_name, stop_requests
 

@@ -11,7 +11,7 @@ training as a plain one, and a change to a step changes every mode at once.
   in the process, with no DataLoader workers.
 - Precision: bf16 autocast where the hardware computes bf16 natively (CUDA GPUs of the
   Ampere generation on; CPUs with AMX or AVX512-BF16), fp32 elsewhere. Weights, the
-  optimizers and the losses stay fp32; README "Speed" has the measurements.
+  optimizers and the losses stay fp32; docs/performance.md has the measurements.
 - CUDA graph: the first WARMUP steps run eagerly on a side stream (they are real steps,
   on real batches; they also create the optimizers' state), then the step is captured
   with static input and output buffers, and every later step is a copy into the input

@@ -7,6 +7,8 @@ class in gankit/training/, its nn.Modules in gankit/models/, and one line in
 gankit/registry.py.
 
 Class members (read before a task exists):
+- `title`, `maker`: how a person calls the model and the part that draws images
+  ("DCGAN", "the generator"), for the explorer's page.
 - `defaults`: the model's defaults for settings the user left as None (lr, betas, width, ...).
 - `resolve(config)`: those defaults for this config (a GAN adds its recipe's); explicit values win.
 - `check(config)`: refuse settings that cannot work for this model, with a UserError.
@@ -41,7 +43,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
 # The per-epoch grid of generated images, samples/fake_epoch_NNN.png (a picture's name, which
 # only happens to be spelled like the random `fake` dataset).
 FAKE_GRID = "fake"
@@ -50,6 +51,8 @@ FAKE_GRID = "fake"
 class Task:
     """The members every task shares; subclasses fill in the rest of the protocol."""
 
+    title = "model"
+    maker = "the model"
     defaults: dict = {}
     metric_names: tuple[str, ...] = ()
     hparam_tags: tuple[str, ...] = ()

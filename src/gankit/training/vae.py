@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from gankit.data import border, to_model
-from gankit.errors import UserError
 from gankit.models import eval_mode
 from gankit.models.vae import ConvVAE, MeanImage, MlpVAE
 from gankit.training.task import FAKE_GRID, Task
@@ -113,6 +112,7 @@ def test_bounds(model: nn.Module, images: torch.Tensor, *, size: int, native: in
 class VaeTask(Task):
     """The convolutional VAE, its Adam optimizer, and the step that maximizes the ELBO."""
 
+    title, maker = "convolutional VAE", "the decoder"
     # Adam 1e-3 with PyTorch's default betas, as in PyTorch's classic VAE example; the
     # width and latent size: docs/results.md ("VAE") has the measurements.
     defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "width": 32, "latent_dim": 32}
@@ -196,6 +196,7 @@ class VaeTask(Task):
 class MlpVaeTask(VaeTask):
     """The classic MLP VAE (PyTorch's examples/vae: 784-400-20), on the data's native pixels."""
 
+    title = "MLP VAE"
     defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "width": None, "latent_dim": 20}
     native_pixels = True  # an MLP sees the native pixels: no padding, no resize
 
