@@ -83,7 +83,8 @@ def cmd_step(args) -> dict:
     device = torch.device(args.device)
     rows = []
     for b in args.batches:
-        row = {"per_rank_batch": b, "eager_ms": round(1000 * timed_steps(b, device, graph=False, steps=args.steps)[0], 3)}
+        eager = timed_steps(b, device, graph=False, steps=args.steps)[0]
+        row = {"per_rank_batch": b, "eager_ms": round(1000 * eager, 3)}
         if device.type == "cuda":
             row["graph_ms"] = round(1000 * timed_steps(b, device, graph=True, steps=args.steps)[0], 3)
         rows.append(row)
@@ -138,7 +139,8 @@ def cmd_ranks(args) -> dict:
     one, _ = timed_steps(args.batch, device, graph=False, steps=args.steps)
     return {"device": device_name(device), "torch": torch.__version__, "global_batch": args.batch,
             "steps": args.steps,
-            "ranks": {"world": args.world, "threads_each": args.threads, "ms_per_step": round(1000 * ranks["seconds"], 2),
+            "ranks": {"world": args.world, "threads_each": args.threads,
+                      "ms_per_step": round(1000 * ranks["seconds"], 2),
                       "images_per_s": round(args.batch / ranks["seconds"]), "weights_agree": ranks["weights_agree"],
                       "batchnorm_all_reduces_per_step": ranks["batchnorm_all_reduces_per_step"]},
             "traffic": traffic(),

@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from gankit.config import TrainConfig  # noqa: E402
 from gankit import sampling  # noqa: E402
+from gankit.config import TrainConfig  # noqa: E402
 from gankit.data import load_dataset  # noqa: E402
 from gankit.data.mnist import default_data_root  # noqa: E402
 from gankit.metrics import classify, load_or_train_evaluator, mode_coverage  # noqa: E402
