@@ -4,8 +4,8 @@ Usage (from the repository root):
 
     PYTHONPATH=src python benchmarks/evaluator.py [MNIST_DIR] [--epochs N] [--seed S]
 
-MNIST_DIR defaults to ../shared/data/mnist relative to the repository root and
-must hold the four gzip IDX files. Prints one JSON line:
+MNIST_DIR: a folder with the four MNIST files (default: gankit's data folder, where
+`gankit train` keeps them). Prints one JSON line:
 {"test_accuracy": ..., "train_seconds": ..., "threads": ..., "torch": ..., ...}
 (extra keys: CPU seconds and the 1-minute load average before/after training,
 so that a timing taken on a busy machine can be recognised as such).
@@ -14,16 +14,14 @@ so that a timing taken on a busy machine can be recognised as such).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
+from gankit.data import load_dataset
 from gankit.metrics.evaluator import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
@@ -31,25 +29,10 @@ from gankit.metrics.evaluator import (
     train_evaluator,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _read_idx(path: Path, header: int) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    return np.frombuffer(data, dtype=np.uint8, offset=header)
-
-
-def load_split(root: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-    images = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28)
-    labels = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz", 8)
-    assert images.shape[0] == labels.shape[0]
-    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mnist_dir", nargs="?", default=str(REPO_ROOT / ".." / "shared" / "data" / "mnist"))
+    ap.add_argument("mnist_dir", nargs="?", default=None)
     ap.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     ap.add_argument("--seed", type=int, default=0)
@@ -60,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    root = Path(args.mnist_dir)
-    x_train, y_train = load_split(root, "train")
-    x_test, y_test = load_split(root, "t10k")
+    train = load_dataset("mnist", split="train", data_dir=args.mnist_dir)
+    test = load_dataset("mnist", split="test", data_dir=args.mnist_dir)
+    x_train, y_train, x_test, y_test = train.images, train.labels, test.images, test.labels
 
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()

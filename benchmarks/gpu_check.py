@@ -1,4 +1,4 @@
-"""The GPU checks of the fast path, in one script for a lent GPU machine (a few minutes).
+"""The GPU checks of the fast path, in one script for a machine with a CUDA GPU (a few minutes).
 
 1. Eager and graphed steps from the same seed on the same batches: the per-step losses
    agree within bf16 tolerance (the graph replays the same step; only kernel choices and
@@ -8,7 +8,7 @@
 3. benchmarks/throughput.py --device cuda.
 Also: a dataset streamed from pinned memory gives the same batches as a resident one.
 
-  PYTHONPATH=src python benchmarks/gpu_check.py --data-dir ../shared/data/mnist --out $OUT
+  PYTHONPATH=src python benchmarks/gpu_check.py --data-dir DIR --out OUT
 Prints one JSON object and writes it to OUT/gpu_check.json.
 """
 
@@ -49,7 +49,7 @@ def losses(graph: bool, steps: int) -> list[list[float]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="../shared/data/mnist")
+    p.add_argument("--data-dir", default=None, help="the four MNIST files (default: gankit's data folder)")
     p.add_argument("--out", default="gpu-check")
     args = p.parse_args()
     out = Path(args.out)

@@ -2,8 +2,8 @@
 judges 10,000 samples of each with the evaluator, and prints one JSON line per run,
 with the real-data floor and the time the evaluation took (evaluator cached).
 
-  python benchmarks/quality.py --data-dir ../shared/data/mnist                 # train, then judge
-  python benchmarks/quality.py --data-dir ../shared/data/mnist --runs runs/A runs/B
+  python benchmarks/quality.py --data-dir DIR                 # train, then judge
+  python benchmarks/quality.py --data-dir DIR --runs runs/A runs/B
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ independent MNIST classifier (gankit.metrics.evaluator) on 10,000 samples:
                  mean the same few shapes repeated inside a class
 
 Usage:
-  python benchmarks/recipes.py --data-dir ../shared/data/mnist --epochs 1,2 [--variants a,b]
-  python benchmarks/recipes.py --data-dir ../shared/data/mnist --judge runs/A runs/B
+  python benchmarks/recipes.py --data-dir DIR --epochs 1,2 [--variants a,b]
+  python benchmarks/recipes.py --data-dir DIR --judge runs/A runs/B
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ then the test set's negative ELBO and the IWAE bound with --k samples, nats per 
 The classic PyTorch example (examples/vae) reports a test loss of about 105.5 after
 10 epochs; `vae-mlp` is that model and should land within 1.5 nats of it.
 
-  python benchmarks/vae.py --data-dir ../shared/data/mnist --epochs 10 --k 1000
+  python benchmarks/vae.py --data-dir DIR --epochs 10 --k 1000
 """
 
 from __future__ import annotations

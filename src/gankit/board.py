@@ -57,7 +57,7 @@ class Board:
                 pass
 
     def start(self, config: dict, step: int, real_png: Path | None) -> None:
-        """The settings of this session (a resume may change some), and the real images once."""
+        """The settings this run goes on with (a resume may change some), and the real images once."""
         if self.writer is None:
             return
         from gankit.registry import task_class
