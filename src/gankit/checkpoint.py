@@ -23,6 +23,7 @@ import hashlib
 import io
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -112,6 +113,26 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or "config" not in state or "modules" not in state:
         raise UserError(f"'{path}' is not a gankit checkpoint (no config or model states)")
     return state
+
+
+class About(NamedTuple):
+    """What a checkpoint says about its run, besides the weights and the config."""
+
+    step: int
+    dataset_size: int        # images in the training data (0: not recorded)
+    native_size: int | None  # the data's image size (None: not recorded, the network's size)
+    trained_with: str | None  # the gankit version that wrote it
+
+
+def about(state: dict) -> About:
+    native = state.get("native_size")
+    return About(step=int(state.get("step", 0)), dataset_size=int(state.get("dataset_size", 0)),
+                 native_size=None if native is None else int(native), trained_with=state.get("gankit_version"))
+
+
+def digest(state: dict) -> str:
+    """states_digest of a checkpoint's modules: it changes whenever the weights do."""
+    return states_digest(state["modules"])
 
 
 def resume_config(state: dict, where: Path):

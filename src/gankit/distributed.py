@@ -79,8 +79,13 @@ class Ranks:
             dist.init_process_group("gloo", timeout=TIMEOUT)
         return ranks
 
-    def close(self) -> None:
+    def close(self, together: bool = False) -> None:
+        """Leave the process group. together=True: first wait for every rank to get here, for
+        a run that ends the same way on every rank (done, or an agreed stop); gloo aborts a
+        rank whose peer tears the group down while it is still using it."""
         if self.world > 1 and dist.is_initialized():
+            if together:
+                dist.barrier()
             dist.destroy_process_group()
 
     def shard(self, indices: torch.Tensor) -> torch.Tensor:

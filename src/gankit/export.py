@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 import gankit
+from gankit.checkpoint import about
 from gankit.config import TrainConfig
 from gankit.errors import UserError
 from gankit.files import write_atomic
@@ -65,8 +66,8 @@ def metadata(config: TrainConfig, state: dict, nz: int, native: int) -> dict:
         "channels": config.channels,
         # Pixels per side to cut off for the native frame; None: not a border, resize instead.
         "crop": crop,
-        "step": state.get("step"),
-        "trained_with": state.get("gankit_version"),
+        "step": about(state).step,
+        "trained_with": about(state).trained_with,
         "gankit_version": gankit.__version__,
         "num_classes": classes,
         "input": inputs,

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from gankit.checkpoint import find_checkpoint, load_checkpoint, restore, resume_config
+from gankit.checkpoint import about, find_checkpoint, load_checkpoint, restore, resume_config
 from gankit.config import TrainConfig
 from gankit.data import ImageData, load_dataset
 from gankit.errors import UserError
@@ -91,7 +91,7 @@ class LoadedRun(NamedTuple):
 def load_run(run: Path, device: str = "cpu") -> LoadedRun:
     """A run folder's newest checkpoint (or a checkpoint file), ready to sample on `device`."""
     config, state = resume_state(Path(run))
-    native = int(state.get("native_size", config.image_size))
+    native = about(state).native_size or config.image_size
     task = build_task(config, config.channels, pick_device(device), native, state, optimizers=False)
     return LoadedRun(config, task, state, native)
 

@@ -23,7 +23,7 @@ import torch
 from flask import Flask, Response, jsonify, request
 
 from gankit import sampling
-from gankit.checkpoint import states_digest
+from gankit.checkpoint import about, digest
 from gankit.errors import UserError
 
 MAX_N = 256       # images in one grid: 256 DCGAN images take about 0.2 s on one CPU core
@@ -85,8 +85,9 @@ def create_app(run: Path, device: str = "cpu") -> Flask:
 
     config, task, state, native = load_run(run, device=device)
     classes = sampling.num_classes(task)
-    step = int(state.get("step", 0))
-    steps_per_epoch = int(state.get("dataset_size", 0)) // config.batch_size
+    facts = about(state)
+    step = facts.step
+    steps_per_epoch = facts.dataset_size // config.batch_size
     info = {
         "run": run_name(run), "path": str(run), "model": config.model, "conditional": bool(classes),
         "title": type(task).title, "maker": type(task).maker,
@@ -97,7 +98,7 @@ def create_app(run: Path, device: str = "cpu") -> Flask:
     # Pictures depend on the run's weights and the query alone: an ETag of both lets the
     # browser keep what it has seen (moving the slider back costs no forward pass). The
     # weights' hash changes whenever the run does, even one trained anew to the same step.
-    weights = states_digest(state["modules"])[:12]
+    weights = digest(state)[:12]
     lock = threading.Lock()  # one model, a thread per request: one forward pass at a time
 
     app = Flask(__name__)

@@ -95,18 +95,23 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
         raise UserError(f"--batch-size {config.batch_size} (the global batch) does not split evenly over "
                         f"{world} processes; use a multiple of {world}")
     ranks = Ranks.start(device)
+    together = False  # every rank ends the same way: done, or stopped after the same step (run_steps)
     try:
         run = setup(config, resume, log if ranks.main else (lambda msg: None), ranks)
         if run.step >= run.total:
             run.log(f"nothing to do: '{run.out}' is at step {run.step} of {run.total}; pass --epochs with a "
                     "larger number to go on")
-            return run.out
-        if resume is None:
-            save(run)  # step 0: a run folder always holds a checkpoint that loads and resumes
-        run_steps(run)
-        return run.out
+        else:
+            if resume is None:
+                save(run)  # step 0: a run folder always holds a checkpoint that loads and resumes
+            run_steps(run)
+        together = True
+    except Stopped:
+        together = True
+        raise
     finally:
-        ranks.close()
+        ranks.close(together)
+    return run.out
 
 
 def run_folder(config: TrainConfig, resuming: bool, ranks: Ranks) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from gankit.checkpoint import about
 from gankit.errors import UserError
 from gankit.registry import MODELS
 from gankit.runs import has_test_split, load_run, load_split
@@ -28,5 +29,5 @@ def evaluate_nll(run: Path, *, k: int = 1000, n: int | None = None, seed: int = 
     with tqdm(total=len(images), desc=f"eval-nll k={k}", unit="img", disable=not progress, file=sys.stderr) as bar:
         bounds = test_bounds(task.model, images, size=config.image_size, native=native, k=k,
                              rng=torch.Generator().manual_seed(seed), batch_size=batch_size, progress=bar.update)
-    return {"run": str(run), "model": config.model, "step": state["step"], "images": len(images), "k": k,
+    return {"run": str(run), "model": config.model, "step": about(state).step, "images": len(images), "k": k,
             **bounds}
