@@ -140,8 +140,6 @@ def validate(config: TrainConfig) -> None:
     if config.precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{config.precision}'")
     parse_save_every(config.save_every)
-    if spec.needs and not config.data_dir:
-        raise UserError(spec.needs)
 
 
 def parse_save_every(text: str) -> tuple[int, float]:

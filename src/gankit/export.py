@@ -53,6 +53,7 @@ def metadata(config: TrainConfig, state: dict, nz: int, native: int) -> dict:
     from gankit.data import border
 
     crop = 0 if native == config.image_size else border(native, config.image_size)
+    facts = about(state)
     classes = (config.num_classes or 0) if config.conditional else 0
     inputs = "z: float32 (N, nz) ~ N(0, I)"
     if classes:
@@ -66,8 +67,8 @@ def metadata(config: TrainConfig, state: dict, nz: int, native: int) -> dict:
         "channels": config.channels,
         # Pixels per side to cut off for the native frame; None: not a border, resize instead.
         "crop": crop,
-        "step": about(state).step,
-        "trained_with": about(state).trained_with,
+        "step": facts.step,
+        "trained_with": facts.trained_with,
         "gankit_version": gankit.__version__,
         "num_classes": classes,
         "input": inputs,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gankit.errors import UserError
 from gankit.files import write_atomic
 
 
@@ -53,8 +54,6 @@ def to_array(images: torch.Tensor) -> np.ndarray:
 def from_array(array: np.ndarray, name: str) -> torch.Tensor:
     """The inverse of to_array: (N, H, W) or (N, H, W, C) -> (N, C, H, W); UserError when
     the array cannot be images (`name` says where it came from)."""
-    from gankit.errors import UserError
-
     if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in (1, 3)):
         raise UserError(f"'{name}' holds an array 'images' of shape {tuple(array.shape)}; it needs uint8 images "
                         "of shape (N, H, W) or (N, H, W, 3), as `gankit sample` writes them")
@@ -70,7 +69,7 @@ def save_npz(images: torch.Tensor, path: Path) -> None:
 
 def num_classes(task) -> int:
     """How many classes a task's generator is conditioned on; 0: unconditional."""
-    return int(getattr(task, "num_classes", 0) or 0)
+    return int(task.num_classes)
 
 
 def balanced_labels(n: int, classes: int) -> torch.Tensor:

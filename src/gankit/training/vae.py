@@ -131,6 +131,7 @@ class VaeTask(Task):
         self.size = config.image_size
         self.nz = config.latent_dim
         self.model = self.make_model(config, channels).to(device)
+        self.mean_image = MeanImage(self.model.decoder_net())  # shares the decoder's layers
         self._optimizers = {}
         if optimizers:
             self._optimizers = {"vae": torch.optim.Adam(self.model.parameters(), lr=config.lr,
@@ -164,7 +165,7 @@ class VaeTask(Task):
 
     def sampler(self) -> nn.Module:
         """The decoder with the sigmoid that turns its logits into the mean image."""
-        return MeanImage(self.model.decoder_net())
+        return self.mean_image
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
