@@ -6,6 +6,9 @@
 2. 10 MNIST epochs at defaults: the sum of the epochs' training seconds (what the speed
    target counts) and the whole wall time (with setup, pictures and checkpoints).
 3. benchmarks/throughput.py --device cuda.
+4. Every GAN option of issue 14 (losses, SN, R1 with its lazy second graph, DiffAugment,
+   packing, TTUR and D steps, the ResNet) captured as CUDA graphs: the capture must not
+   fall back, and its losses agree with eager steps from the same seed.
 Also: a dataset streamed from pinned memory gives the same batches as a resident one.
 
   PYTHONPATH=src python benchmarks/gpu_check.py --data-dir DIR --out OUT
@@ -30,21 +33,46 @@ from gankit.training.gan import GanTask  # noqa: E402
 from gankit.training.loop import train  # noqa: E402
 from gankit.training.runner import Batches, Stepper  # noqa: E402
 
+OPTIONS = {  # TrainConfig settings of each option, as tests/test_gan_options.py runs them on the CPU
+    "hinge": {"loss": "hinge"}, "lsgan": {"loss": "lsgan"}, "sn": {"sn": True, "d_bn": False},
+    "r1": {"r1": 1.0, "r1_every": 4}, "diffaugment": {"diffaugment": "color,translation,cutout"},
+    "pack": {"pack": 2}, "ttur-d-steps": {"lr_d": 4e-4, "lr_g": 1e-4, "d_steps": 2},
+    "ema": {"ema": 0.999}, "sngan-resnet": {"recipe": "sngan"},
+}
 
-def losses(graph: bool, steps: int) -> list[list[float]]:
+
+def losses(graph: bool, steps: int, **settings) -> tuple[list[list[float]], bool]:
+    """Per-step (loss_d, loss_g) of `steps` steps from seed 0, and whether a graph ran."""
     device = torch.device("cuda")
     torch.manual_seed(0)
-    config = TrainConfig(image_size=32, channels=1).resolved()
+    config = TrainConfig(image_size=32, channels=1, **settings).resolved()
     task = GanTask(config, channels=1, device=device)
-    images = torch.randint(0, 256, (128 * steps, 1, 32, 32), dtype=torch.uint8,
+    per_step = 128 * GanTask.batches_per_step(config)
+    images = torch.randint(0, 256, (per_step * steps, 1, 32, 32), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(1))
-    batches = Batches(images, batch_size=128, seed=0, image_size=32, device=device)
-    stepper = Stepper(task, device, dtype=torch.bfloat16, graph=graph)
+    batches = Batches(images, batch_size=per_step, seed=0, image_size=32, device=device)
+    stepper = Stepper(task, device, dtype=torch.bfloat16, graph=graph, log=print)
     out = []
     for i in range(steps):
-        m = stepper(batches.batch(0, i))
+        m = stepper(batches.batch(0, i), regularize=task.regularizes(i))
         out.append([float(m["loss_d"]), float(m["loss_g"])])
-    return out
+    return out, stepper.graph and bool(stepper._graphs)
+
+
+def worst_difference(eager, graphed) -> float:
+    return max(abs(a - b) / max(abs(a), 1e-3) for ea, ga in zip(eager, graphed) for a, b in zip(ea, ga))
+
+
+def options_capture() -> dict:
+    """Each option, eager and graphed; R1 every 4 steps captures its second graph by step 16."""
+    found = {}
+    for name, settings in OPTIONS.items():
+        eager, _ = losses(False, 20, **settings)
+        graphed, captured = losses(True, 20, **settings)
+        found[name] = {"captured": captured, "max_relative_difference": worst_difference(eager, graphed),
+                       "first": graphed[0], "last": graphed[-1]}
+        print(json.dumps({name: found[name]}), flush=True)
+    return found
 
 
 def main() -> None:
@@ -56,12 +84,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
 
-    eager, graphed = losses(False, 30), losses(True, 30)
-    worst = max(abs(a - b) / max(abs(a), 1e-3) for ea, ga in zip(eager, graphed) for a, b in zip(ea, ga))
+    (eager, _), (graphed, _) = losses(False, 30), losses(True, 30)
+    worst = worst_difference(eager, graphed)
     result["eager_vs_graph"] = {"steps": 30, "max_relative_difference": worst, "agree": worst < 0.05,
                                 "eager_first": eager[0], "graph_first": graphed[0],
                                 "eager_last": eager[-1], "graph_last": graphed[-1]}
     print(json.dumps(result["eager_vs_graph"]), flush=True)
+    result["options"] = options_capture()
 
     import gankit.training.runner as runner  # the pinned-memory fallback gives the same batches
     images = torch.randint(0, 256, (1000, 1, 28, 28), dtype=torch.uint8)

@@ -61,7 +61,7 @@ def assert_one_line_error(code, err, *needles):
     (["train", "--nz", "abc"], ["--nz", "'abc'"]),
     (["train", "--latent-dim", "0"], ["--latent-dim"]),
     (["train", "--model", "gan"], ["--model"]),
-    (["train", "--init", "xavier"], ["--init"]),
+    (["train", "--init", "orthogonal"], ["--init"]),
     (["train", "--edge", "2x2"], ["--edge"]),
     (["train", "--resume", "no-such-run"], ["no-such-run"]),
     (["train", "--resume", "no-such-run", "--lr", "0.1"], ["--lr", "resuming"]),

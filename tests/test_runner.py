@@ -61,7 +61,7 @@ def test_stepper_passes_images_and_labels_to_the_step():
     class Task:
         optimizers = {}
 
-        def step(self, real, labels=None):
+        def step(self, real, labels=None, *, regularize=False):
             seen.append((real, labels))
             return {"loss": real.sum() + labels.sum()}
 
@@ -78,7 +78,7 @@ class Recorder:
         self.calls = []
         self.optimizers = {}
 
-    def step(self, real):
+    def step(self, real, labels=None, *, regularize=False):
         self.calls.append((real, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
         return {"loss": real.sum()}
 

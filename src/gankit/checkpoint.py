@@ -145,8 +145,8 @@ def resume_config(state: dict, where: Path):
         raise UserError(f"checkpoint in '{where}' has an unreadable config ({e})") from None
 
 
-SHAPE_SETTINGS = ("model", "image_size", "channels", "nz", "latent_dim", "width", "edge", "d_input_bn",
-                  "conditional", "num_classes")
+SHAPE_SETTINGS = ("model", "arch", "image_size", "channels", "nz", "latent_dim", "width", "edge", "d_input_bn",
+                  "d_bn", "sn", "pack", "conditional", "num_classes")
 
 
 def restore(task, state: dict, config) -> None:

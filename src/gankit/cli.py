@@ -14,7 +14,7 @@ from gankit import __version__
 from gankit.config import PRECISIONS, TrainConfig
 from gankit.errors import GankitError, UserError
 from gankit.registry import DATASETS, DEFAULT_DATASET, DEFAULT_MODEL, MODELS, evaluator_datasets
-from gankit.training.gan import DEFAULT_RECIPE, EDGES, INITS, RECIPES
+from gankit.training.gan import ARCHS, DEFAULT_RECIPE, EDGES, INITS, RECIPES
 from gankit.training.losses import DEFAULT_LOSS, LOSSES
 
 # Settings that may change when a run is resumed; everything else comes from its checkpoint.
@@ -67,7 +67,23 @@ def build_parser() -> Parser:
     t.add_argument("--latent-dim", type=positive_int, help="VAE latent size (default: vae 32, vae-mlp 20)")
     t.add_argument("--recipe", choices=tuple(RECIPES), help=f"GAN recipe (default: {DEFAULT_RECIPE}); tutorial = "
                    "the text taken literally")
-    t.add_argument("--loss", choices=tuple(LOSSES), help=f"GAN loss (default: {DEFAULT_LOSS}, the tutorial's)")
+    t.add_argument("--loss", choices=tuple(LOSSES), help=f"GAN loss (default: {DEFAULT_LOSS}, the tutorial's; "
+                   "hinge: SNGAN's; lsgan: least squares)")
+    t.add_argument("--arch", choices=tuple(ARCHS), help="GAN architecture: dcgan (the tutorial's, default) or "
+                   "resnet (SNGAN's)")
+    t.add_argument("--sn", action=argparse.BooleanOptionalAction, help="spectral normalization in D")
+    t.add_argument("--d-bn", action=argparse.BooleanOptionalAction, help="BatchNorm in D's hidden blocks "
+                   "(dcgan arch; default on, off in the SN recipes)")
+    t.add_argument("--r1", type=float, metavar="GAMMA", help="R1 penalty on reals with this weight (e.g. 10; "
+                   "default 0: off)")
+    t.add_argument("--r1-every", type=positive_int, metavar="K", help="apply R1 every K steps, scaled by K "
+                   "(default: 16)")
+    t.add_argument("--lr-d", type=float, help="D's learning rate (default: --lr)")
+    t.add_argument("--lr-g", type=float, help="G's learning rate (default: --lr)")
+    t.add_argument("--d-steps", type=positive_int, help="D updates per G update, each on its own batch (default: 1)")
+    t.add_argument("--diffaugment", metavar="POLICY", help="DiffAugment for all D sees: a comma-separated list of "
+                   "color, translation, cutout, or none (default)")
+    t.add_argument("--pack", type=positive_int, metavar="M", help="PacGAN: D judges M samples at once (default: 1)")
     t.add_argument("--nz", type=positive_int, help="length of z (default: 100)")
     t.add_argument("--width", type=positive_int, help="base width of the conv nets (default: dcgan 64, vae 32)")
     t.add_argument("--init", choices=INITS, help="weight init (overrides the recipe)")

@@ -19,7 +19,6 @@ from gankit.registry import (
     task_class,
 )
 from gankit.training.gan import DEFAULT_RECIPE
-from gankit.training.losses import DEFAULT_LOSS
 
 
 @dataclass
@@ -46,8 +45,19 @@ class TrainConfig:
     # discriminator, Miyato & Koyama 2018); models/dcgan.py says why that form.
     conditional: bool = False
     num_classes: int | None = None    # None: from the data (the dataset's classes, else labels.max() + 1)
-    # GAN: the D and G losses (gankit.training.losses.LOSSES); bce is the tutorial's.
-    loss: str = DEFAULT_LOSS
+    # GAN: the field's options since 2015 (training/gan.py lists them; None: from the
+    # recipe, else off). docs/results.md ("Modern recipes") measures each.
+    arch: str | None = None           # "dcgan" (the tutorial's) | "resnet" (SNGAN's, appendix B)
+    loss: str | None = None           # gankit.training.losses.LOSSES; bce (the tutorial's) | hinge | lsgan
+    sn: bool | None = None            # spectral normalization of every layer of D (Miyato et al. 2018)
+    d_bn: bool | None = None          # BatchNorm in D's hidden blocks (dcgan arch; SNGAN's D has none)
+    r1: float | None = None           # R1 penalty weight gamma on reals (Mescheder et al. 2018); 0: off
+    r1_every: int | None = None       # add it every k steps, scaled by k (lazy, StyleGAN2: 16)
+    lr_d: float | None = None         # D's learning rate (None: lr); TTUR (Heusel et al. 2017) sets two
+    lr_g: float | None = None         # G's learning rate (None: lr)
+    d_steps: int | None = None        # D updates per G update, each on its own batch (SNGAN: 5)
+    diffaugment: str | None = None    # DiffAugment policy (Zhao et al. 2020): color,translation,cutout | none
+    pack: int | None = None           # D judges this many samples at once (PacGAN, Lin et al. 2018); 1: off
 
     # The optimizer: Adam, lr and beta1 from the DCGAN paper (Sec. 4); beta2 from the recipe.
     lr: float | None = None
@@ -55,7 +65,7 @@ class TrainConfig:
     beta2: float | None = None
     # DCGAN: sample from an exponential moving average of G's weights with this decay
     # (Yazici et al. 2019); 0 = off, sample from G itself. docs/results.md has the measurement.
-    ema: float = 0.0
+    ema: float | None = None
 
     # The run.
     batch_size: int = 128
@@ -91,8 +101,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
+        """A saved config (config.json, a checkpoint's, an export's). Settings that gankit
+        has gained since it was saved take their defaults, which leave the model as it was."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in data.items() if k in names}).resolved()
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -110,10 +122,14 @@ def validate(config: TrainConfig) -> None:
     spec = dataset_spec(config.dataset)
     task = task_class(config.model)
     for name in ("epochs", "batch_size", "max_steps", "nz", "width", "latent_dim", "fake_size", "stacked_size", "lr",
-                 "num_classes"):
+                 "lr_d", "lr_g", "num_classes"):
         positive(name, getattr(config, name))
-    if config.lr is not None and not config.lr <= 10:  # also refuses inf and nan
-        raise UserError(f"--lr {config.lr} is far beyond any learning rate that trains; use a value like 2e-4")
+    for name in ("lr", "lr_d", "lr_g"):
+        value = getattr(config, name)
+        if value is not None and not value <= 10:  # also refuses inf and nan
+            raise UserError(f"--{name.replace('_', '-')} {value} is far beyond any learning rate that trains; "
+                            "use a value like 2e-4")
+    foreign_settings(config, task)
     if config.image_size is not None and config.image_size not in IMAGE_SIZES:
         raise UserError(
             f"--image-size {config.image_size} is not supported: use a power of two from "
@@ -125,7 +141,7 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, name)
         if value is not None and not 0.0 <= value < 1.0:
             raise UserError(f"--{name} must be in [0, 1), got {value}")
-    if not 0.0 <= config.ema < 1.0:
+    if config.ema is not None and not 0.0 <= config.ema < 1.0:
         raise UserError(f"--ema must be in [0, 1) (a decay like 0.999; 0 turns it off), got {config.ema}")
     if config.ema and not task.takes_ema:
         raise UserError(f"--ema applies to the {models_that('takes_ema')} model only, not --model {config.model}")
@@ -140,6 +156,18 @@ def validate(config: TrainConfig) -> None:
     if config.precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{config.precision}'")
     parse_save_every(config.save_every)
+
+
+def foreign_settings(config: TrainConfig, task) -> None:
+    """Refuse a setting that belongs to another model (`--sn` for a VAE): it would be
+    silently ignored. A model's own settings are its task's `settings()`."""
+    from gankit.registry import MODELS
+
+    for name, other in MODELS.items():
+        for field in sorted(other.settings() - task.settings()):
+            if getattr(config, field, None) not in (None, False, 0):
+                raise UserError(f"--{field.replace('_', '-')} applies to the {name} model only, not --model "
+                                f"{config.model}")
 
 
 def parse_save_every(text: str) -> tuple[int, float]:

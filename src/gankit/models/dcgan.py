@@ -16,6 +16,10 @@ Two switches reproduce the two readings of the recipe (see gankit.training.gan.R
   "not applying batchnorm to the generator output layer and the discriminator input
   layer"); the tutorial puts it in every block.
 
+``norm=False`` takes BatchNorm out of D's other blocks too: what spectral normalization
+(models/spectral.py) replaces it with in SNGAN's D, where a layer's scale is held by SN,
+and what a D that must judge each image on its own (R1, packing) may want.
+
 Conditional DCGAN (``num_classes > 0``, `gankit train --conditional`): G concatenates a
 learned class embedding (nz long) to z; D is a projection discriminator (Miyato & Koyama
 2018). With ``num_classes=0`` (the default) neither module creates anything extra, so
@@ -122,7 +126,8 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, *, image_size: int = 32, channels: int = 1, width: int = 64,
-                 edge: str = "4x4", d_input_bn: bool = False, out_dim: int = 1, num_classes: int = 0):
+                 edge: str = "4x4", d_input_bn: bool = False, norm: bool = True, out_dim: int = 1,
+                 num_classes: int = 0):
         super().__init__()
         check_image_size(image_size)
         maps = list(reversed(_widths(image_size, width, edge)))  # largest resolution first
@@ -131,11 +136,11 @@ class Discriminator(nn.Module):
             layers.append(nn.BatchNorm2d(maps[0][1]))
         layers.append(nn.LeakyReLU(0.2, inplace=True))  # (N, width, S/2, S/2)
         for (_, c_in), (_, c_out) in zip(maps, maps[1:]):
-            layers += [
-                nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False),  # halves H, W
-                nn.BatchNorm2d(c_out),
-                nn.LeakyReLU(0.2, inplace=True),
-            ]
+            # Without BatchNorm the conv has a bias of its own, as SNGAN's layers do.
+            layers.append(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not norm))  # halves H, W
+            if norm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
         # Last layer: 4x4 -> 1x1 (stride 1) or 2x2 -> 1x1 (k4 s2 p1); one logit per image.
         bias = out_dim > 1
         if edge == "4x4":
@@ -174,6 +179,6 @@ def dcgan_init(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.normal_(m.weight, 0.0, 0.02)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:  # a conditional BatchNorm's scale is its own
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)

@@ -33,7 +33,7 @@ from gankit.data import ImageData, to_model, to_native
 from gankit.distributed import Ranks, noise_seed, weights_digest, world_size
 from gankit.errors import Diverged, Stopped, UserError
 from gankit.files import remove_stale_temps, write_atomic, write_json
-from gankit.registry import dataset_spec
+from gankit.registry import dataset_spec, task_class
 from gankit.runs import (
     build_task,
     default_out,
@@ -134,8 +134,10 @@ def setup(config: TrainConfig, resume: dict | None, log, ranks: Ranks) -> Run:
     # Data first: a missing dataset must fail before anything is written.
     data = ranks.main_first(lambda: load_split(config, "train", log))
     config = resolve_data_config(config, data)
-    if config.batch_size > len(data):
-        raise UserError(f"--batch-size {config.batch_size} is larger than the dataset "
+    per_step = config.batch_size * task_class(config.model).batches_per_step(config)
+    if per_step > len(data):
+        several = f" x {per_step // config.batch_size} batches a step" if per_step > config.batch_size else ""
+        raise UserError(f"--batch-size {config.batch_size}{several} is larger than the dataset "
                         f"({len(data)} images); use a smaller batch size")
     out = run_folder(config, resume is not None, ranks)
     config.out = str(out)
@@ -147,8 +149,10 @@ def setup(config: TrainConfig, resume: dict | None, log, ranks: Ranks) -> Run:
     # dataset has a test split; otherwise training images stand in for the pictures.
     test = ranks.main_first(lambda: load_split(config, "test", log)) if has_test_split(config) else None
     shown = to_model((test if test is not None else data).images[:32].to(device), config.image_size)
-    batches = Batches(data.images, data.labels if config.conditional else None, batch_size=config.batch_size,
-                      seed=config.seed, image_size=config.image_size, device=device, log=log, shard=ranks.shard)
+    # A step may take several batches (a GAN's --d-steps): one epoch still shows every image once.
+    batches = Batches(data.images, data.labels if config.conditional else None,
+                      batch_size=per_step, seed=config.seed,
+                      image_size=config.image_size, device=device, log=log, shard=ranks.shard)
     total = config.epochs * batches.steps_per_epoch
     if config.max_steps:
         total = min(total, config.max_steps)
@@ -251,7 +255,7 @@ def run_steps(run: Run) -> None:
             batch = (run.batches.batch(epoch, i),)
             if config.conditional:
                 batch += (run.batches.labels(epoch, i),)
-            metrics = run.stepper(*batch)
+            metrics = run.stepper(*batch, regularize=task.regularizes(run.step))
             for k, v in metrics.items():  # fp32 sums: a bf16 sum stops growing at 256
                 run.sums[k] = run.sums.get(k, 0.0) + v.float()
             run.sums["steps"] = run.sums.get("steps", 0) + 1
@@ -263,7 +267,7 @@ def run_steps(run: Run) -> None:
             if run.step % SYNC_EVERY == 0 or run.step % run.steps_per_epoch == 0:
                 seconds = time.perf_counter() - run.epoch_clock
                 shown = {k: f"{float(metrics[k]):.3f}" for k in task.metric_names[:2]}
-                bar.set_postfix(**shown, img_s=f"{run.sums['steps'] * config.batch_size / max(seconds, 1e-9):.0f}")
+                bar.set_postfix(**shown, img_s=f"{run.sums['steps'] * run.batches.batch_size / max(seconds, 1e-9):.0f}")
             end_of_epoch = run.step % run.steps_per_epoch == 0
             if end_of_epoch:
                 bar.close()
@@ -298,7 +302,7 @@ def end_epoch(run: Run, epoch: int, board: Board) -> None:
     config, ranks, sums = run.config, run.ranks, run.sums
     sums["seconds"] = time.perf_counter() - run.epoch_clock
     sums.update(ranks.mean({k: v for k, v in sums.items() if torch.is_tensor(v)}))  # over all shards
-    record = epoch_record(epoch + 1, run.step, sums, config.batch_size)
+    record = epoch_record(epoch + 1, run.step, sums, run.batches.batch_size)
     check_finite(run)
     if ranks.main:
         if run.test is not None:

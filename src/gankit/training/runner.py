@@ -117,51 +117,54 @@ def fits_on_gpu(images: torch.Tensor, device: torch.device) -> bool:
 
 
 class Stepper:
-    """Calls task.step(*batch) (real, or real and labels) under the run's precision; on
-    CUDA with graph=True, from a captured CUDA graph after WARMUP eager steps. Returns the step's 0-d metric tensors
-    (with a graph: the same static tensors every time; read or add them before the
-    next call)."""
+    """Calls task.step(*batch, regularize=...) (batch: real, or real and labels) under the
+    run's precision; on CUDA with graph=True, from a captured CUDA graph after WARMUP eager
+    steps. A task whose steps come in two shapes (a lazy penalty: regularize True on some
+    steps) gets one graph for each, each captured after its own warmup. Returns the step's
+    0-d metric tensors (with a graph: the same static tensors every time; read or add them
+    before the next call)."""
 
     def __init__(self, task, device: torch.device, *, dtype: torch.dtype | None, graph: bool, log=None):
         self.task, self.device, self.dtype, self.log = task, device, dtype, log
         self.graph = graph and device.type == "cuda"
-        self.eager_steps = 0
-        self._graph = self._static_in = self._static_out = None
+        self.eager_steps = {False: 0, True: 0}
+        self._graphs: dict[bool, tuple] = {}  # regularize -> (graph, static inputs, static outputs)
         set_capturable(task.optimizers.values(), self.graph)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
 
-    def eager(self, *batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def eager(self, *batch: torch.Tensor, regularize: bool = False) -> dict[str, torch.Tensor]:
         # cache_enabled=False: autocast's weight-cast cache must not outlive a graph capture.
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None,
                             cache_enabled=False):
-            return self.task.step(*batch)
+            return self.task.step(*batch, regularize=regularize)
 
-    def __call__(self, *batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, *batch: torch.Tensor, regularize: bool = False) -> dict[str, torch.Tensor]:
         if not self.graph:
-            return self.eager(*batch)
-        if self._graph is None and self.eager_steps < WARMUP:
-            self.eager_steps += 1
+            return self.eager(*batch, regularize=regularize)
+        if regularize not in self._graphs and self.eager_steps[regularize] < WARMUP:
+            self.eager_steps[regularize] += 1
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                out = self.eager(*batch)
+                out = self.eager(*batch, regularize=regularize)
             torch.cuda.current_stream(self.device).wait_stream(side)
             return out
-        if self._graph is None and not self._capture(batch):
-            return self.eager(*batch)
-        for static, given in zip(self._static_in, batch, strict=True):
+        if regularize not in self._graphs and not self._capture(batch, regularize):
+            return self.eager(*batch, regularize=regularize)
+        graph, static_in, static_out = self._graphs[regularize]
+        for static, given in zip(static_in, batch, strict=True):
             static.copy_(given)
-        self._graph.replay()
-        return self._static_out
+        graph.replay()
+        return static_out
 
-    def _capture(self, batch: tuple[torch.Tensor, ...]) -> bool:
+    def _capture(self, batch: tuple[torch.Tensor, ...], regularize: bool) -> bool:
         """Record one step; nothing runs during the capture, so no step is lost."""
         static_in = tuple(t.clone() for t in batch)  # one static buffer per input: images, labels
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
-                static_out = self.eager(*static_in)
+                static_out = self.eager(*static_in, regularize=regularize)
         except RuntimeError as e:  # an op that cannot be captured: train on, eagerly
             self.graph = False
             set_capturable(self.task.optimizers.values(), False)
@@ -169,7 +172,7 @@ class Stepper:
                 self.log(f"CUDA graph capture failed ({str(e).splitlines()[0][:160]}); "
                          "going on without it (--no-cuda-graph skips the attempt)")
             return False
-        self._graph, self._static_in, self._static_out = graph, static_in, static_out
+        self._graphs[regularize] = (graph, static_in, static_out)
         return True
 
 

@@ -10,6 +10,7 @@ Class members (read before a task exists):
 - `title`, `maker`: how a person calls the model and the part that draws images
   ("DCGAN", "the generator"), for the explorer's page.
 - `defaults`: the model's defaults for settings the user left as None (lr, betas, width, ...).
+- `settings()`: the config fields the model reads; another model's are refused for it.
 - `resolve(config)`: those defaults for this config (a GAN adds its recipe's); explicit values win.
 - `check(config)`: refuse settings that cannot work for this model, with a UserError.
 - `summary(config)`: what the log line that starts training adds after the model's name.
@@ -28,7 +29,10 @@ Instance members:
   `grid_columns`: images a row in the per-epoch grids.
 - `noise(n, rng=None)`, `generate(z, labels=None)`, `sampler()`: z, images in [-1, 1] from z,
   and the module that does that (what export writes).
-- `step(real, labels=None) -> {name: 0-d tensor}`: one training step.
+- `step(real, labels=None, *, regularize=False) -> {name: 0-d tensor}`: one training step.
+  `batches_per_step(config)` (a class method): how many batches of batch_size real images
+  one step takes (a GAN with several D updates per G update); `regularizes(step)`: whether step number `step` (from 0)
+  runs with regularize=True (a lazy penalty: a step of another shape, its own CUDA graph).
 - `pictures(fixed_z, shown)`, `evaluate(test, rng)`: the per-epoch grids and test figures.
 - `distribute(ranks)`: train as one of several torchrun ranks.
 
@@ -69,6 +73,14 @@ class Task:
         return dict(cls.defaults)
 
     @classmethod
+    def settings(cls) -> set[str]:
+        return set(cls.defaults)
+
+    @classmethod
+    def batches_per_step(cls, config) -> int:
+        return 1
+
+    @classmethod
     def check(cls, config) -> None:
         pass
 
@@ -90,6 +102,9 @@ class Task:
         if rng is not None:
             return torch.randn(n, self.nz, generator=rng).to(self.device)
         return torch.randn(n, self.nz, device=self.device)
+
+    def regularizes(self, step: int) -> bool:
+        return False
 
     def evaluate(self, test: torch.Tensor, rng: torch.Generator) -> dict[str, float]:
         """Per-epoch figures on the test split; none unless a task has some."""

@@ -151,7 +151,8 @@ class VaeTask(Task):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self._optimizers
 
-    def step(self, real: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def step(self, real: torch.Tensor, labels: torch.Tensor | None = None, *,
+             regularize: bool = False) -> dict[str, torch.Tensor]:
         """One step on a batch in [-1, 1] (the loop's scale); the VAE works in [0, 1].
         `labels` is ignored: the same call as GanTask.step, for the loop and the Stepper."""
         x = (real + 1) / 2

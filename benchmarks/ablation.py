@@ -1,0 +1,186 @@
+"""The ablation of issue 14: each modern option added to the DCGAN default, trained and
+judged the way a user would (`gankit train`, then `gankit eval --json`), one process per run.
+
+Each row trains for --epochs on MNIST (or --dataset) for every --seeds, then judges 10,000
+samples against the test split beside the real floor. Rows in --curves are also judged
+after every epoch, which gives FID against training seconds (which recipe is good
+soonest); --plot draws that. Prints one JSON line per run and writes them all to --json.
+
+  python benchmarks/ablation.py --data-dir DIR --epochs 10 --seeds 0 1 2 --json ablation.json
+  python benchmarks/ablation.py --data-dir DIR --rows default hinge --epochs 3
+  python benchmarks/ablation.py --from ablation.json --plot docs/images/fid_vs_seconds.png
+  python benchmarks/ablation.py --speed --json speed.json   # training images/s of every row only
+
+--speed times each row's training step in this process (MNIST's shape, random images,
+the run's precision, a CUDA graph on a GPU): WARMUP steps, then --rounds rounds of
+--steps steps, the best round counts. Real images consumed per second, so a row with
+five D steps per G step counts five batches a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Row name -> the flags it adds to `gankit train` at its defaults (the dcgan recipe).
+ROWS: dict[str, list[str]] = {
+    "default": [],
+    "hinge": ["--loss", "hinge"],
+    "lsgan": ["--loss", "lsgan"],
+    "sn": ["--sn", "--no-d-bn"],                        # BCE + SN, D without BatchNorm
+    "dcgan-sn": ["--recipe", "dcgan-sn"],               # hinge + SN, no BatchNorm (SNGAN's CNN setting)
+    "r1": ["--r1", "1"],                                # BCE + R1, lazily every 16 steps
+    "dcgan-r1": ["--recipe", "dcgan-r1"],               # gamma 10
+    "diffaugment": ["--recipe", "dcgan-diffaugment"],
+    "pack2": ["--pack", "2"],
+    "ttur": ["--lr-d", "4e-4", "--lr-g", "1e-4"],
+    "ema": ["--ema", "0.999"],
+    "batch64": ["--batch-size", "64"],
+    "sngan": ["--recipe", "sngan"],                     # the ResNet, five D steps, Adam (0, 0.9)
+    "sngan-dcgan-arch": ["--recipe", "sngan", "--arch", "dcgan"],
+}
+KEEP = ("fid", "kid", "classifier_score", "precision", "recall", "modes", "kl_to_uniform", "class_accuracy")
+
+
+def gankit(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.run([sys.executable, "-m", "gankit", *args], env=env, capture_output=True, text=True)
+
+
+def train_and_judge(row: str, seed: int, args) -> dict:
+    out = Path(args.runs) / f"{row}-seed{seed}"
+    flags = ["--dataset", args.dataset, "--epochs", str(args.epochs), "--seed", str(seed), "--no-progress",
+             "--save-every", "0", "--eval-every", "1" if row in args.curves else "0", "--out", str(out)]
+    if args.data_dir:
+        flags += ["--data-dir", args.data_dir]
+    if out.exists() and (out / "checkpoints" / "last.pt").exists():
+        flags = ["--resume", str(out), "--epochs", str(args.epochs), "--no-progress"]  # go on, or nothing to do
+    started = time.perf_counter()
+    done = gankit("train", *(flags if flags[0] == "--resume" else flags + ROWS[row] + args.extra))
+    wall = time.perf_counter() - started
+    if done.returncode:
+        return {"row": row, "seed": seed, "error": done.stderr.strip().splitlines()[-1:]}
+    judged = gankit("eval", str(out), "--json", "--no-progress", "--seed", str(seed))
+    if judged.returncode:
+        return {"row": row, "seed": seed, "error": judged.stderr.strip().splitlines()[-1:]}
+    result = json.loads(judged.stdout)
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    seconds, curve = 0.0, []
+    for e in epochs:
+        seconds += e["seconds"]
+        if "eval_fid" in e:
+            curve.append({"epoch": e["epoch"], "train_seconds": round(seconds, 1), "fid": e["eval_fid"]})
+    return {"row": row, "flags": ROWS[row] + args.extra, "seed": seed, "epochs": args.epochs,
+            **{k: result[k] for k in KEEP if k in result},
+            "floor": {k: result["floor"][k] for k in KEEP if k in result["floor"]},
+            "images_per_s": round(sum(e["images_per_s"] for e in epochs) / len(epochs), 1),
+            "train_seconds": round(seconds, 1), "wall_seconds": round(wall, 1), "curve": curve}
+
+
+def speed(row: str, args) -> dict:
+    import torch
+
+    sys.path.insert(0, str(REPO / "src"))
+    from gankit.cli import build_parser
+    from gankit.config import TrainConfig, validate
+    from gankit.runs import pick_device
+    from gankit.training.gan import GanTask
+    from gankit.training.runner import WARMUP, Stepper, resolve_precision
+
+    given = vars(build_parser().parse_args(["train", *ROWS[row], *args.extra]))
+    given.pop("command")
+    config = TrainConfig(**given, image_size=32, channels=1).resolved()
+    validate(config)
+    device = pick_device("auto")
+    torch.manual_seed(0)
+    task = GanTask(config, channels=1, device=device)
+    stepper = Stepper(task, device, dtype=resolve_precision(config.precision, device), graph=device.type == "cuda")
+    per_step = config.batch_size * GanTask.batches_per_step(config)
+    real = torch.rand(per_step, 1, 32, 32, device=device) * 2 - 1
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    step = 0
+    for step in range(WARMUP + 2):
+        stepper(real, regularize=task.regularizes(step))
+    best = float("inf")
+    for _ in range(args.rounds):
+        sync()
+        started = time.perf_counter()
+        for _ in range(args.steps):
+            step += 1
+            stepper(real, regularize=task.regularizes(step))
+        sync()
+        best = min(best, time.perf_counter() - started)
+    return {"row": row, "flags": ROWS[row] + args.extra, "images_per_s": round(per_step * args.steps / best, 1),
+            "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for r in results:
+        if r.get("curve"):
+            ax.plot([p["train_seconds"] for p in r["curve"]], [p["fid"] for p in r["curve"]], marker="o",
+                    label=f"{r['row']} (seed {r['seed']})")
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("FID (gankit's MNIST evaluator)")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--seeds", nargs="*", type=int, default=[0])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--curves", nargs="*", default=["default"], help="rows judged after every epoch")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags added to every row")
+    p.add_argument("--runs", default="runs/ablation", help="where the run folders go")
+    p.add_argument("--json", help="write all results here (JSON list)")
+    p.add_argument("--from", dest="source", help="read results from this JSON instead of training")
+    p.add_argument("--plot", help="draw FID against training seconds for the rows with curves")
+    p.add_argument("--speed", action="store_true", help="time each row's step instead of training")
+    p.add_argument("--steps", type=int, default=16, help="--speed: timed steps per round (16: one R1 step)")
+    p.add_argument("--rounds", type=int, default=3, help="--speed: rounds, the best counts")
+    args = p.parse_args()
+    if args.speed:
+        results = []
+        for row in args.rows:
+            results.append({**speed(row, args), "machine": platform.processor() or platform.machine()})
+            print(json.dumps(results[-1]), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        return
+    if args.source:
+        results = json.loads(Path(args.source).read_text())
+    else:
+        results = []
+        for row in args.rows:
+            for seed in args.seeds:
+                results.append(train_and_judge(row, seed, args))
+                results[-1]["machine"] = platform.processor() or platform.machine()
+                print(json.dumps(results[-1]), flush=True)
+                if args.json:
+                    Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.plot:
+        plot(results, Path(args.plot))
+
+
+if __name__ == "__main__":
+    main()
