@@ -38,12 +38,13 @@ ROWS: dict[str, list[str]] = {
     "sn": ["--sn", "--no-d-bn"],                        # BCE + SN, D without BatchNorm
     "dcgan-sn": ["--recipe", "dcgan-sn"],               # hinge + SN, no BatchNorm (SNGAN's CNN setting)
     "r1": ["--r1", "1"],                                # BCE + R1, lazily every 16 steps
-    "dcgan-r1": ["--recipe", "dcgan-r1"],               # gamma 10
+    "r10": ["--r1", "10"],                              # gamma 10, as Mescheder et al. at 64x64 and up
     "diffaugment": ["--recipe", "dcgan-diffaugment"],
     "pack2": ["--pack", "2"],
     "ttur": ["--lr-d", "4e-4", "--lr-g", "1e-4"],
     "ema": ["--ema", "0.999"],
     "batch64": ["--batch-size", "64"],
+    "batch64-r1": ["--batch-size", "64", "--r1", "1"],
     "sngan": ["--recipe", "sngan"],                     # the ResNet, five D steps, Adam (0, 0.9)
     "sngan-dcgan-arch": ["--recipe", "sngan", "--arch", "dcgan"],
 }
@@ -57,8 +58,9 @@ def gankit(*args: str) -> subprocess.CompletedProcess:
 
 def train_and_judge(row: str, seed: int, args) -> dict:
     out = Path(args.runs) / f"{row}-seed{seed}"
+    every = str(args.curve_every) if row in args.curves else "0"
     flags = ["--dataset", args.dataset, "--epochs", str(args.epochs), "--seed", str(seed), "--no-progress",
-             "--save-every", "0", "--eval-every", "1" if row in args.curves else "0", "--out", str(out)]
+             "--save-every", "0", "--eval-every", every, "--out", str(out)]
     if args.data_dir:
         flags += ["--data-dir", args.data_dir]
     if out.exists() and (out / "checkpoints" / "last.pt").exists():
@@ -142,6 +144,27 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path)
 
 
+def markdown(results: list[dict], speeds: dict[str, float]) -> str:
+    """The docs' table: a row per run, with the floor's figures as the first row."""
+    head = ("| row | flags | FID | classifier score | precision | recall | modes | KL | images/s |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+    floor = next((r["floor"] for r in results if "floor" in r), None)
+    lines = []
+    if floor:
+        lines.append(f"| real floor | 10,000 training images | {floor['fid']:.3f} | {floor['classifier_score']:.2f} | "
+                     f"{floor['precision']:.3f} | {floor['recall']:.3f} | {floor['modes']} | "
+                     f"{floor['kl_to_uniform']:.4f} | |")
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['row']} | `{' '.join(ROWS[r['row']])}` | failed: {r['error']} |")
+            continue
+        speed = speeds.get(r["row"])
+        lines.append(f"| {r['row']} (seed {r['seed']}) | `{' '.join(r['flags']) or '(defaults)'}` | {r['fid']:.2f} | "
+                     f"{r['classifier_score']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['modes']} | "
+                     f"{r['kl_to_uniform']:.4f} | {f'{speed:.0f}' if speed else ''} |")
+    return head + "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir")
@@ -149,13 +172,15 @@ def main() -> None:
     p.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--curves", nargs="*", default=["default"], help="rows judged after every epoch")
+    p.add_argument("--curves", nargs="*", default=["default"], help="rows judged during training too")
+    p.add_argument("--curve-every", type=int, default=1, help="judge --curves rows every this many epochs")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags added to every row")
     p.add_argument("--runs", default="runs/ablation", help="where the run folders go")
     p.add_argument("--json", help="write all results here (JSON list)")
     p.add_argument("--from", dest="source", help="read results from this JSON instead of training")
     p.add_argument("--plot", help="draw FID against training seconds for the rows with curves")
     p.add_argument("--speed", action="store_true", help="time each row's step instead of training")
+    p.add_argument("--markdown", help="with --from: print the docs' table, images/s from this --speed JSON")
     p.add_argument("--steps", type=int, default=16, help="--speed: timed steps per round (16: one R1 step)")
     p.add_argument("--rounds", type=int, default=3, help="--speed: rounds, the best counts")
     args = p.parse_args()
@@ -180,6 +205,10 @@ def main() -> None:
                     Path(args.json).write_text(json.dumps(results, indent=1))
     if args.plot:
         plot(results, Path(args.plot))
+    if args.markdown is not None:
+        speeds = {r["row"]: r["images_per_s"] for r in json.loads(Path(args.markdown).read_text())} \
+            if args.markdown else {}
+        print(markdown(results, speeds))
 
 
 if __name__ == "__main__":

@@ -195,6 +195,10 @@ def test_recipes_are_data_and_flags_override_them():
     assert (sngan.arch, sngan.loss, sngan.sn, sngan.d_bn, sngan.beta1, sngan.beta2, sngan.d_steps) == \
         ("resnet", "hinge", True, False, 0.0, 0.9, 5)
     assert TrainConfig(recipe="sngan", d_steps=1, loss="bce").resolved().d_steps == 1
+    best = TrainConfig(recipe="dcgan-b64-r1").resolved()
+    assert (best.batch_size, best.r1, best.r1_every, best.loss, best.edge) == (64, 1.0, 16, "bce", "4x4")
+    assert TrainConfig(recipe="dcgan-b64-r1", batch_size=32).resolved().batch_size == 32
+    assert TrainConfig().resolved().batch_size == 128 == TrainConfig(model="vae").resolved().batch_size
     # An architecture named on the command line brings its published init, unless --init is given.
     assert TrainConfig(arch="resnet").resolved().init == "xavier"
     assert TrainConfig(recipe="sngan", arch="dcgan").resolved().init == "normal"

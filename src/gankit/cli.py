@@ -97,7 +97,7 @@ def build_parser() -> Parser:
     t.add_argument("--beta2", type=float, help="Adam beta2 (overrides the recipe)")
     t.add_argument("--ema", type=float, help="sample from a moving average of G's weights with this decay, "
                    "e.g. 0.999 (default: 0, off)")
-    t.add_argument("--batch-size", type=positive_int, help="default: 128")
+    t.add_argument("--batch-size", type=positive_int, help="images a batch (default: 128, or the recipe's)")
     t.add_argument("--epochs", type=positive_int, help="epochs in total, counted from the run's start (default: 10)")
     t.add_argument("--max-steps", type=positive_int, help="stop after this many steps in total")
     t.add_argument("--seed", type=int, help="default: 0")

@@ -68,7 +68,7 @@ class TrainConfig:
     ema: float | None = None
 
     # The run.
-    batch_size: int = 128
+    batch_size: int | None = None     # None: the model's (128 for every model) or its recipe's
     epochs: int = 10
     max_steps: int | None = None      # stop after this many steps in total (smoke tests)
     seed: int = 0

@@ -115,7 +115,7 @@ class VaeTask(Task):
     title, maker = "convolutional VAE", "the decoder"
     # Adam 1e-3 with PyTorch's default betas, as in PyTorch's classic VAE example; the
     # width and latent size: docs/results.md ("VAE") has the measurements.
-    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "width": 32, "latent_dim": 32}
+    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "width": 32, "latent_dim": 32, "batch_size": 128}
     metric_names = ("neg_elbo", "recon", "kl")
     hparam_tags = ("epoch/neg_elbo", "epoch/test_neg_elbo")
 
@@ -199,7 +199,7 @@ class MlpVaeTask(VaeTask):
     """The classic MLP VAE (PyTorch's examples/vae: 784-400-20), on the data's native pixels."""
 
     title = "MLP VAE"
-    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "width": None, "latent_dim": 20}
+    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "width": None, "latent_dim": 20, "batch_size": 128}
     native_pixels = True  # an MLP sees the native pixels: no padding, no resize
 
     @classmethod
