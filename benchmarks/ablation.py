@@ -8,7 +8,11 @@ soonest); --plot draws that. Prints one JSON line per run and writes them all to
 
   python benchmarks/ablation.py --data-dir DIR --epochs 10 --seeds 0 1 2 --json ablation.json
   python benchmarks/ablation.py --data-dir DIR --rows default hinge --epochs 3
-  python benchmarks/ablation.py --from ablation.json --plot docs/images/fid_vs_seconds.png
+  python benchmarks/ablation.py --from ablation.json --plot fid_vs_seconds.png
+  python benchmarks/ablation.py --from docs/measurements/ablation-cpu.json --section screening_3_epochs --markdown
+
+A --from file is a list of results, or (docs/measurements/) an object with lists of
+results under a few names and the --speed results under "speed".
   python benchmarks/ablation.py --speed --json speed.json   # training images/s of every row only
 
 --speed times each row's training step in this process (MNIST's shape, random images,
@@ -134,7 +138,7 @@ def plot(results: list[dict], path: Path) -> None:
     for r in results:
         if r.get("curve"):
             ax.plot([p["train_seconds"] for p in r["curve"]], [p["fid"] for p in r["curve"]], marker="o",
-                    label=f"{r['row']} (seed {r['seed']})")
+                    label=f"{' '.join(r['flags']) or 'default'} ({r['epochs']} epochs, seed {r['seed']})")
     ax.set_xlabel("training seconds")
     ax.set_ylabel("FID (gankit's MNIST evaluator)")
     ax.set_yscale("log")
@@ -180,7 +184,9 @@ def main() -> None:
     p.add_argument("--from", dest="source", help="read results from this JSON instead of training")
     p.add_argument("--plot", help="draw FID against training seconds for the rows with curves")
     p.add_argument("--speed", action="store_true", help="time each row's step instead of training")
-    p.add_argument("--markdown", help="with --from: print the docs' table, images/s from this --speed JSON")
+    p.add_argument("--markdown", nargs="?", const="", help="with --from: print the docs' table; images/s "
+                   "from this --speed JSON (default: the --from file's \"speed\")")
+    p.add_argument("--section", help="with --from an object: the list of results to use (default: all)")
     p.add_argument("--steps", type=int, default=16, help="--speed: timed steps per round (16: one R1 step)")
     p.add_argument("--rounds", type=int, default=3, help="--speed: rounds, the best counts")
     args = p.parse_args()
@@ -192,8 +198,14 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
         return
+    speeds = {}
     if args.source:
         results = json.loads(Path(args.source).read_text())
+        if isinstance(results, dict):
+            speeds = {r["row"]: r["images_per_s"] for r in results.get("speed", [])}
+            names = [args.section] if args.section else [k for k, v in results.items() if k != "speed"
+                                                         and isinstance(v, list)]
+            results = [r for name in names for r in results[name]]
     else:
         results = []
         for row in args.rows:
@@ -206,8 +218,8 @@ def main() -> None:
     if args.plot:
         plot(results, Path(args.plot))
     if args.markdown is not None:
-        speeds = {r["row"]: r["images_per_s"] for r in json.loads(Path(args.markdown).read_text())} \
-            if args.markdown else {}
+        if args.markdown:
+            speeds = {r["row"]: r["images_per_s"] for r in json.loads(Path(args.markdown).read_text())}
         print(markdown(results, speeds))
 
 

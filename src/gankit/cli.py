@@ -65,7 +65,8 @@ def build_parser() -> Parser:
     t.add_argument("--model", choices=tuple(MODELS), help=f"default: {DEFAULT_MODEL}; vae is convolutional, "
                    "vae-mlp the classic 784-400-20")
     t.add_argument("--latent-dim", type=positive_int, help="VAE latent size (default: vae 32, vae-mlp 20)")
-    t.add_argument("--recipe", choices=tuple(RECIPES), help=f"GAN recipe (default: {DEFAULT_RECIPE}); tutorial = "
+    t.add_argument("--recipe", choices=tuple(RECIPES), help=f"GAN recipe (default: {DEFAULT_RECIPE}); dcgan-b64-r1: "
+                   "the best measured at 10 epochs (docs/results.md); tutorial = "
                    "the text taken literally")
     t.add_argument("--loss", choices=tuple(LOSSES), help=f"GAN loss (default: {DEFAULT_LOSS}, the tutorial's; "
                    "hinge: SNGAN's; lsgan: least squares)")
@@ -74,7 +75,7 @@ def build_parser() -> Parser:
     t.add_argument("--sn", action=argparse.BooleanOptionalAction, help="spectral normalization in D")
     t.add_argument("--d-bn", action=argparse.BooleanOptionalAction, help="BatchNorm in D's hidden blocks "
                    "(dcgan arch; default on, off in the SN recipes)")
-    t.add_argument("--r1", type=float, metavar="GAMMA", help="R1 penalty on reals with this weight (e.g. 10; "
+    t.add_argument("--r1", type=float, metavar="GAMMA", help="R1 penalty on reals with this weight (e.g. 1; "
                    "default 0: off)")
     t.add_argument("--r1-every", type=positive_int, metavar="K", help="apply R1 every K steps, scaled by K "
                    "(default: 16)")
