@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from test_cli import assert_one_line_error, run_cli
-from test_training import assert_same_state, weights
+from test_training import assert_resume_is_exact, weights
 
 from conftest import MNIST_DIR, make_class_folder, requires_mnist
 from gankit.cli import main
@@ -87,13 +87,8 @@ def test_unconditional_modules_are_unchanged(edge):
 
 
 def test_a_conditional_run_trains_resumes_exactly_and_draws_a_grid_per_class(tmp_path, cond_args):
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main(["train", *cond_args, "--max-steps", "7", "--out", str(straight)]) == 0
-    assert main(["train", *cond_args, "--max-steps", "3", "--out", str(split)]) == 0
-    assert main(["train", "--resume", str(split), "--max-steps", "7", "--no-progress"]) == 0
-    a, b = weights(straight), weights(split)
-    assert a["step"] == b["step"] == 7
-    assert_same_state(a, b)
+    straight, _ = assert_resume_is_exact(tmp_path, cond_args, 7, 3)
+    a = weights(straight)
     assert "embed.weight" in a["modules"]["generator"] and "embed.weight" in a["modules"]["discriminator"]
     config = json.loads((straight / "config.json").read_text())
     assert config["conditional"] is True and config["num_classes"] == 10

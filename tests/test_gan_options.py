@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_training import assert_same_state, weights
+from test_training import assert_resume_is_exact
 from torch import nn
 
 from gankit.cli import main
@@ -228,14 +228,7 @@ OPTIONS = {
 
 @pytest.mark.parametrize("option", list(OPTIONS))
 def test_each_option_resumes_exactly(tmp_path, tiny_args, option):
-    flags = [*tiny_args, "--fake-size", "96", *OPTIONS[option]]
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main(["train", *flags, "--max-steps", "5", "--out", str(straight)]) == 0
-    assert main(["train", *flags, "--max-steps", "2", "--out", str(split)]) == 0
-    assert main(["train", "--resume", str(split), "--max-steps", "5", "--no-progress"]) == 0
-    a, b = weights(straight), weights(split)
-    assert a["step"] == b["step"] == 5
-    assert_same_state(a, b)
+    assert_resume_is_exact(tmp_path, [*tiny_args, "--fake-size", "96", *OPTIONS[option]], 5, 2)
 
 
 @pytest.mark.parametrize("option", list(OPTIONS))

@@ -25,6 +25,20 @@ def assert_same_state(a, b):
                 assert torch.equal(torch.as_tensor(sa[idx][k]), torch.as_tensor(sb[idx][k]))
 
 
+def assert_resume_is_exact(tmp_path, flags, total: int, first: int):
+    """Train `total` steps straight, and `first` steps + resume to `total`; the two runs must
+    end with identical weights and optimizer states. Returns (straight, split) run folders."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["train", *flags, "--max-steps", str(total), "--out", str(straight)]) == 0
+    assert main(["train", *flags, "--max-steps", str(first), "--out", str(split)]) == 0
+    assert weights(split)["step"] == first
+    assert main(["train", "--resume", str(split), "--max-steps", str(total), "--no-progress"]) == 0
+    a, b = weights(straight), weights(split)
+    assert a["step"] == b["step"] == total
+    assert_same_state(a, b)
+    return straight, split
+
+
 def test_run_folder_contents(tmp_path, tiny_args):
     run = tmp_path / "run"
     assert main(["train", *tiny_args, "--epochs", "2", "--out", str(run)]) == 0
@@ -49,14 +63,7 @@ def test_run_folder_contents(tmp_path, tiny_args):
 
 @pytest.mark.parametrize("first", [3, 4])  # stop inside an epoch, and exactly at its end
 def test_resume_is_exact(tmp_path, tiny_args, first):
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main(["train", *tiny_args, "--max-steps", "7", "--out", str(straight)]) == 0
-    assert main(["train", *tiny_args, "--max-steps", str(first), "--out", str(split)]) == 0
-    assert weights(split)["step"] == first
-    assert main(["train", "--resume", str(split), "--max-steps", "7", "--no-progress"]) == 0
-    a, b = weights(straight), weights(split)
-    assert a["step"] == b["step"] == 7
-    assert_same_state(a, b)
+    straight, split = assert_resume_is_exact(tmp_path, tiny_args, 7, first)
     # The epoch that spanned the resume logs the same means as the straight run.
     la = json.loads((straight / "metrics.jsonl").read_text().splitlines()[0])
     lb = json.loads((split / "metrics.jsonl").read_text().splitlines()[0])
