@@ -182,6 +182,10 @@ def serve(run: Path, *, host: str = "127.0.0.1", port: int = 8000, device: str =
     sock = listen(host, port)
     server = make_server(host, port, app, threaded=True, request_handler=Quiet, fd=sock.fileno())
     sock.close()  # the server holds its own duplicate of the socket
+    # Request threads are joined when the server closes (werkzeug closes it on Ctrl+C): a
+    # daemon thread still inside torch while the interpreter finalizes can abort the process
+    # ("terminate called without an active exception", exit -6) instead of exiting 0.
+    server.daemon_threads = False
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {run} at http://{shown}:{server.port} (Ctrl+C stops)", flush=True)
     server.serve_forever()  # werkzeug's: returns on Ctrl+C, the socket closed
