@@ -49,8 +49,9 @@ RECIPES: dict[str, dict] = {
     "dcgan-sn": {**_DCGAN, "loss": "hinge", "sn": True, "d_bn": False},
     # The DCGAN with R1 (Mescheder et al. 2018), lazily every 16 steps as in StyleGAN2. Gamma 1:
     # Mescheder et al. use 10 at 64x64 and up; on 32x32 MNIST 1 is what we measured
-    # (docs/results.md); DiffAugment with its full policy (Zhao et al. 2020).
+    # (docs/results.md).
     "dcgan-r1": {**_DCGAN, "r1": 1.0},
+    # The DCGAN with DiffAugment's full policy (Zhao et al. 2020).
     "dcgan-diffaugment": {**_DCGAN, "diffaugment": "color,translation,cutout"},
     # The best we measured at 10 epochs on the DCGAN: the default with batch 64 (twice the
     # updates an epoch) and R1 gamma 1 (docs/results.md, "Modern recipes, measured").
