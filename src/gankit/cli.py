@@ -17,10 +17,6 @@ from gankit.registry import DATASETS, DEFAULT_DATASET, DEFAULT_MODEL, MODELS, ev
 from gankit.training.gan import ARCHS, DEFAULT_RECIPE, EDGES, INITS, RECIPES
 from gankit.training.losses import DEFAULT_LOSS, LOSSES
 
-# Settings that may change when a run is resumed; everything else comes from its checkpoint.
-RESUME_OVERRIDES = ("epochs", "max_steps", "device", "progress", "data_dir", "save_every", "eval_every",
-                    "precision", "cuda_graph", "tensorboard")
-
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + message
@@ -47,6 +43,13 @@ def port_number(text: str) -> int:
     return value
 
 
+def one_of(choices) -> str:
+    """The metavar of a train flag with fixed choices: `{a,b,c}`, as argparse writes them. The
+    values are checked by gankit.config.validate, so that the CLI and the Python API refuse
+    a bad value with the same message."""
+    return "{" + ",".join(map(str, choices)) + "}"
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="gankit", description="Train, sample and judge image generative models.")
     parser.add_argument("--version", action="version", version=f"gankit {__version__}")
@@ -56,41 +59,43 @@ def build_parser() -> Parser:
                        argument_default=argparse.SUPPRESS,
                        description="Train a model. Defaults: DCGAN, MNIST, 10 epochs, batch 128.")
     t.add_argument("--resume", metavar="RUN", help="go on with the run in this folder")
-    t.add_argument("--dataset", choices=tuple(DATASETS), help=f"default: {DEFAULT_DATASET}")
+    t.add_argument("--dataset", metavar=one_of(tuple(DATASETS)), help=f"default: {DEFAULT_DATASET}")
     t.add_argument("--data-dir", help="where the data is (default: $GANKIT_DATA, else ~/.cache/gankit)")
-    t.add_argument("--image-size", type=positive_int, help="network size: 16, 32, 64 or 128 "
+    t.add_argument("--image-size", type=int, help="network size: 16, 32, 64 or 128 "
                    "(default: 32 for 28x28 data, padded; 64 for folders)")
-    t.add_argument("--channels", type=int, choices=(1, 3), help="1 grayscale or 3 RGB (default: from the data)")
-    t.add_argument("--fake-size", type=positive_int, help="images in the fake dataset (default: 1024)")
-    t.add_argument("--model", choices=tuple(MODELS), help=f"default: {DEFAULT_MODEL}; vae is convolutional, "
+    t.add_argument("--channels", type=int, metavar=one_of((1, 3)), help="1 grayscale or 3 RGB (default: from the data)")
+    t.add_argument("--subset", type=int, metavar="N", help="train on the first N training images only (a quick "
+                   "look; default: all)")
+    t.add_argument("--fake-size", type=int, help="images in the fake dataset (default: 1024)")
+    t.add_argument("--model", metavar=one_of(tuple(MODELS)), help=f"default: {DEFAULT_MODEL}; vae is convolutional, "
                    "vae-mlp the classic 784-400-20")
-    t.add_argument("--latent-dim", type=positive_int, help="VAE latent size (default: vae 32, vae-mlp 20)")
-    t.add_argument("--recipe", choices=tuple(RECIPES), help=f"GAN recipe (default: {DEFAULT_RECIPE}); dcgan-b64-r1: "
-                   "the best measured at 10 epochs (docs/results.md); tutorial = "
-                   "the text taken literally")
-    t.add_argument("--loss", choices=tuple(LOSSES), help=f"GAN loss (default: {DEFAULT_LOSS}, the tutorial's; "
+    t.add_argument("--latent-dim", type=int, help="VAE latent size (default: vae 32, vae-mlp 20)")
+    t.add_argument("--recipe", metavar=one_of(tuple(RECIPES)), help=f"GAN recipe (default: {DEFAULT_RECIPE}); "
+                   "dcgan-b64-r1: the best measured at 10 epochs (docs/results.md); tutorial = the text taken "
+                   "literally")
+    t.add_argument("--loss", metavar=one_of(tuple(LOSSES)), help=f"GAN loss (default: {DEFAULT_LOSS}, the tutorial's; "
                    "hinge: SNGAN's; lsgan: least squares)")
-    t.add_argument("--arch", choices=tuple(ARCHS), help="GAN architecture: dcgan (the tutorial's, default) or "
+    t.add_argument("--arch", metavar=one_of(tuple(ARCHS)), help="GAN architecture: dcgan (the tutorial's, default) or "
                    "resnet (SNGAN's)")
     t.add_argument("--sn", action=argparse.BooleanOptionalAction, help="spectral normalization in D")
     t.add_argument("--d-bn", action=argparse.BooleanOptionalAction, help="BatchNorm in D's hidden blocks "
                    "(dcgan arch; default on, off in the SN recipes)")
     t.add_argument("--r1", type=float, metavar="GAMMA", help="R1 penalty on reals with this weight (e.g. 1; "
                    "default 0: off)")
-    t.add_argument("--r1-every", type=positive_int, metavar="K", help="apply R1 every K steps, scaled by K "
+    t.add_argument("--r1-every", type=int, metavar="K", help="apply R1 every K steps, scaled by K "
                    "(default: 16)")
     t.add_argument("--lr-d", type=float, help="D's learning rate (default: --lr)")
     t.add_argument("--lr-g", type=float, help="G's learning rate (default: --lr)")
-    t.add_argument("--d-steps", type=positive_int, help="D updates per G update, each on its own batch (default: 1)")
+    t.add_argument("--d-steps", type=int, help="D updates per G update, each on its own batch (default: 1)")
     t.add_argument("--diffaugment", metavar="POLICY", help="DiffAugment for all D sees: a comma-separated list of "
                    "color, translation, cutout, or none (default)")
-    t.add_argument("--pack", type=positive_int, metavar="M", help="PacGAN: D judges M samples at once (default: 1)")
-    t.add_argument("--nz", type=positive_int, help="length of z (default: 100)")
-    t.add_argument("--width", type=positive_int, help="base width of the conv nets (default: dcgan 64, vae 32)")
-    t.add_argument("--init", choices=INITS, help="weight init (overrides the recipe)")
+    t.add_argument("--pack", type=int, metavar="M", help="PacGAN: D judges M samples at once (default: 1)")
+    t.add_argument("--nz", type=int, help="length of z (default: 100)")
+    t.add_argument("--width", type=int, help="base width of the conv nets (default: dcgan 64, vae 32)")
+    t.add_argument("--init", metavar=one_of(INITS), help="weight init (overrides the recipe)")
     t.add_argument("--d-input-bn", action=argparse.BooleanOptionalAction,
                    help="BatchNorm on D's first block (overrides the recipe)")
-    t.add_argument("--edge", choices=EDGES, help="G's first and D's last layer (overrides the recipe)")
+    t.add_argument("--edge", metavar=one_of(EDGES), help="G's first and D's last layer (overrides the recipe)")
     t.add_argument("--conditional", action="store_true", help="dcgan: feed the class label to G and D "
                    "(labelled data only; `sample --class K` then draws class K)")
     t.add_argument("--lr", type=float, help="Adam learning rate (default: dcgan 2e-4, VAEs 1e-3)")
@@ -98,12 +103,12 @@ def build_parser() -> Parser:
     t.add_argument("--beta2", type=float, help="Adam beta2 (overrides the recipe)")
     t.add_argument("--ema", type=float, help="sample from a moving average of G's weights with this decay, "
                    "e.g. 0.999 (default: 0, off)")
-    t.add_argument("--batch-size", type=positive_int, help="images a batch (default: 128, or the recipe's)")
-    t.add_argument("--epochs", type=positive_int, help="epochs in total, counted from the run's start (default: 10)")
-    t.add_argument("--max-steps", type=positive_int, help="stop after this many steps in total")
+    t.add_argument("--batch-size", type=int, help="images a batch (default: 128, or the recipe's)")
+    t.add_argument("--epochs", type=int, help="epochs in total, counted from the run's start (default: 10)")
+    t.add_argument("--max-steps", type=int, help="stop after this many steps in total")
     t.add_argument("--seed", type=int, help="default: 0")
     t.add_argument("--device", help="auto, cpu or cuda (default: auto)")
-    t.add_argument("--precision", choices=PRECISIONS, help="auto (default): bf16 autocast on "
+    t.add_argument("--precision", metavar=one_of(PRECISIONS), help="auto (default): bf16 autocast on "
                    "hardware with native bf16 (recent GPUs, CPUs with AMX or AVX512-BF16), else fp32")
     t.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction,
                    help="on CUDA, replay the whole step from one captured graph (default: on)")
@@ -112,7 +117,7 @@ def build_parser() -> Parser:
                    "only (default: 10m)")
     t.add_argument("--eval-every", type=int, help="judge samples (FID, KID, modes, ...) every E epochs and at "
                    "the end; 0: never (default: at the end; mnist, fashion-mnist, stacked-mnist)")
-    t.add_argument("--stacked-size", type=positive_int, help="images in stacked-mnist (default: 60000)")
+    t.add_argument("--stacked-size", type=int, help="images in stacked-mnist (default: 60000)")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     t.add_argument("--tensorboard", action=argparse.BooleanOptionalAction,
                    help="log to RUN/tensorboard for `tensorboard --logdir runs` (default: on)")
@@ -187,7 +192,7 @@ def build_parser() -> Parser:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from gankit.runs import resume_state
+    from gankit.runs import resume_with
     from gankit.training.loop import train
 
     given = vars(args).copy()
@@ -196,15 +201,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if run is None:
         train(TrainConfig(**given))
         return
-    fixed = sorted(k for k in given if k not in RESUME_OVERRIDES)
-    if fixed:
-        flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
-        raise UserError(f"{flags} cannot change when resuming; a resumed run keeps its checkpoint's settings "
-                        f"(you may change {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDES[:3])})")
-    config, state = resume_state(Path(run))
-    for k, v in given.items():
-        setattr(config, k, v)
-    config.out = str(Path(run))
+    config, state = resume_with(Path(run), given)
     train(config, resume=state)
 
 
@@ -224,7 +221,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise UserError(f"folder '{target.parent}' does not exist; create it or pick another path")
     n = args.n or (64 if args.grid else 10000)
     config, task, _, native = load_run(Path(args.run), device=args.device)
-    check_class(args.label, task, args.run)
+    sampling.check_label(task, args.label, args.run)
     images = sampling.generate(task, n, seed=args.seed, native=native, batch_size=args.batch_size,
                                label=args.label)
     try:
@@ -236,19 +233,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise UserError(f"cannot write '{target}' ({e.strerror}); pick a writable path") from None
     shape = "x".join(map(str, images.shape[2:]))
     print(f"wrote {n} images ({shape}, {images.shape[1]} channel{'s' if images.shape[1] > 1 else ''}) to {target}")
-
-
-def check_class(label: int | None, task, run: str) -> None:
-    """`sample --class K`: a conditional run, and K one of its classes."""
-    from gankit.sampling import num_classes
-
-    if label is None:
-        return
-    classes = num_classes(task)
-    if not classes:
-        raise UserError(f"--class needs a conditional run (trained with --conditional); '{run}' is not one")
-    if not 0 <= label < classes:
-        raise UserError(f"--class {label} is not a class of '{run}'; use 0 to {classes - 1}")
 
 
 def cmd_sample_walk(args: argparse.Namespace) -> None:
@@ -267,7 +251,7 @@ def cmd_sample_walk(args: argparse.Namespace) -> None:
     if steps < 2:
         raise UserError(f"--steps must be at least 2 (a walk has two ends), got {steps}")
     _, task, _, native = load_run(Path(args.run), device=args.device)
-    check_class(args.label, task, args.run)
+    sampling.check_label(task, args.label, args.run)
     images = sampling.walks(task, rows, steps, seed=args.seed, native=native, batch_size=args.batch_size,
                             label=args.label)
     gif = target.with_suffix(".gif")
@@ -295,7 +279,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     import numpy as np
 
     from gankit import sampling
-    from gankit.metrics.judge import judge
+    from gankit.metrics.judge import judge, judge_run
     from gankit.runs import load_run
 
     target = Path(args.target)
@@ -308,14 +292,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
             raise UserError(f"'{target}' is not a gankit samples file ({type(e).__name__}); "
                             "it needs a uint8 array 'images'") from None
         images = sampling.from_array(array, str(target))
-        dataset, data_dir = args.dataset or DEFAULT_DATASET, args.data_dir
-        labels = None
+        dataset = args.dataset or DEFAULT_DATASET
+        result = judge(images.contiguous(), dataset, args.data_dir, seed=args.seed, progress=args.progress)
     else:
-        config, task, _, native = load_run(target, device=args.device)
-        images = sampling.generate(task, args.n, seed=args.seed, native=native)  # conditional: balanced labels
-        labels = sampling.sample_labels(task, args.n)
-        dataset, data_dir = args.dataset or config.dataset, args.data_dir or config.data_dir
-    result = judge(images.contiguous(), dataset, data_dir, seed=args.seed, progress=args.progress, labels=labels)
+        loaded = load_run(target, device=args.device)
+        result = judge_run(loaded, n=args.n, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
+                           progress=args.progress)
+        dataset = args.dataset or loaded.config.dataset
     if args.json:
         print(json.dumps(result))
         return

@@ -7,7 +7,8 @@ checkpoint carries it so that `--resume` and `gankit sample` rebuild the same mo
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, field
 
 from gankit.errors import UserError
 from gankit.registry import (
@@ -18,76 +19,92 @@ from gankit.registry import (
     models_that,
     task_class,
 )
-from gankit.training.gan import DEFAULT_RECIPE
+from gankit.training.gan import DEFAULT_RECIPE, recipe_settings
+
+
+def setting(default, doc: str):
+    """A TrainConfig field with its meaning: `gankit.train`'s signature and help are built from
+    these (gankit.api), so a setting's one description lives here, beside its default."""
+    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass
 class TrainConfig:
     # What to learn from.
-    dataset: str = DEFAULT_DATASET
-    data_dir: str | None = None       # None: $GANKIT_DATA, else the per-user cache folder
-    image_size: int | None = None     # None: 32 for MNIST-like 28x28 data (padded), else 64
-    channels: int | None = None       # None: from the data (1 for MNIST; folder images: 3)
-    fake_size: int = 1024             # images in the `fake` dataset (smoke tests)
-    stacked_size: int = 60000         # images in stacked-mnist's train split (VEEGAN/PacGAN: 128k; 60k = MNIST's size)
+    dataset: str = setting(DEFAULT_DATASET, "what to learn from: mnist, fashion-mnist, stacked-mnist, folder "
+                           "(a folder of images, given as data_dir) or fake (random pixels, for smoke tests)")
+    data_dir: str | None = setting(None, "where the data is; None: $GANKIT_DATA, else ~/.cache/gankit (MNIST is "
+                                   "fetched there on first use)")
+    image_size: int | None = setting(None, "the network's image size, 16 to 128; None: 32 for 28x28 data (padded), "
+                                     "else 64")
+    channels: int | None = setting(None, "1 (grayscale) or 3 (RGB); None: from the data")
+    subset: int | None = setting(None, "train on the first N images of the train split only (a quick look on a "
+                                 "slow machine); None: all of them")
+    fake_size: int = setting(1024, "images in the fake dataset (smoke tests)")
+    # stacked-mnist's train split: VEEGAN/PacGAN draw 128k; 60k is MNIST's size.
+    stacked_size: int = setting(60000, "images in stacked-mnist's train split")
 
     # The model (gankit.registry.MODELS; the DCGAN: the tutorial's blocks, nz and width as in
     # the DCGAN paper). Settings left as None come from the model's task class (`defaults`).
-    model: str = DEFAULT_MODEL
-    nz: int = 100                     # GAN: length of z (DCGAN paper: 100)
-    latent_dim: int | None = None     # VAE: length of z
-    width: int | None = None          # base width of the conv nets (DCGAN: 64)
-    recipe: str = DEFAULT_RECIPE
-    init: str | None = None           # "normal" N(0, 0.02) | "pytorch" (PyTorch's default)
-    d_input_bn: bool | None = None    # BatchNorm on D's first block
-    edge: str | None = None           # "4x4": 1x1 <-> 4x4 with stride 1; "1x1": k4 s2 p1 all the way
-    # DCGAN only: feed the class label to G (an embedding beside z) and D (a projection
-    # discriminator, Miyato & Koyama 2018); models/dcgan.py says why that form.
-    conditional: bool = False
-    num_classes: int | None = None    # None: from the data (the dataset's classes, else labels.max() + 1)
+    model: str = setting(DEFAULT_MODEL, "dcgan (the tutorial's), vae (a convolutional VAE) or vae-mlp (the "
+                         "classic 784-400-20 VAE)")
+    nz: int = setting(100, "GAN: the length of z (DCGAN paper: 100)")
+    latent_dim: int | None = setting(None, "VAE: the length of z; None: vae 32, vae-mlp 20")
+    width: int | None = setting(None, "base width of the conv nets; None: dcgan 64, vae 32")
+    recipe: str = setting(DEFAULT_RECIPE, "GAN: a named set of settings (gankit.RECIPES): dcgan, tutorial (the text "
+                          "taken literally), dcgan-b64-r1 (the best measured), sngan, ...; explicit settings win")
+    init: str | None = setting(None, "GAN weight init: normal (N(0, 0.02), DCGAN paper), pytorch or xavier; None: "
+                               "the recipe's")
+    d_input_bn: bool | None = setting(None, "GAN: BatchNorm on D's first block; None: the recipe's")
+    edge: str | None = setting(None, "GAN: 4x4 (1x1 <-> 4x4 with stride 1) or 1x1 (k4 s2 p1 all the way) for G's "
+                               "first and D's last layer; None: the recipe's")
+    # DCGAN only: an embedding beside z in G and a projection discriminator (Miyato &
+    # Koyama 2018); models/dcgan.py says why that form.
+    conditional: bool = setting(False, "DCGAN: feed the class label to G and D (labelled data only)")
+    num_classes: int | None = setting(None, "conditional: classes; None: from the data")
     # GAN: the field's options since 2015 (training/gan.py lists them; None: from the
     # recipe, else off). docs/results.md ("Modern recipes") measures each.
-    arch: str | None = None           # "dcgan" (the tutorial's) | "resnet" (SNGAN's, appendix B)
-    loss: str | None = None           # gankit.training.losses.LOSSES; bce (the tutorial's) | hinge | lsgan
-    sn: bool | None = None            # spectral normalization of every layer of D (Miyato et al. 2018)
-    d_bn: bool | None = None          # BatchNorm in D's hidden blocks (dcgan arch; SNGAN's D has none)
-    r1: float | None = None           # R1 penalty weight gamma on reals (Mescheder et al. 2018); 0: off
-    r1_every: int | None = None       # add it every k steps, scaled by k (lazy, StyleGAN2: 16)
-    lr_d: float | None = None         # D's learning rate (None: lr); TTUR (Heusel et al. 2017) sets two
-    lr_g: float | None = None         # G's learning rate (None: lr)
-    d_steps: int | None = None        # D updates per G update, each on its own batch (SNGAN: 5)
-    diffaugment: str | None = None    # DiffAugment policy (Zhao et al. 2020): color,translation,cutout | none
-    pack: int | None = None           # D judges this many samples at once (PacGAN, Lin et al. 2018); 1: off
+    arch: str | None = setting(None, "GAN architecture: dcgan (the tutorial's) or resnet (SNGAN's, appendix B)")
+    loss: str | None = setting(None, "GAN loss: bce (the tutorial's), hinge (SNGAN's) or lsgan (least squares)")
+    sn: bool | None = setting(None, "GAN: spectral normalization of every layer of D (Miyato et al. 2018)")
+    d_bn: bool | None = setting(None, "GAN: BatchNorm in D's hidden blocks (dcgan arch; off in the SN recipes)")
+    r1: float | None = setting(None, "GAN: R1 penalty weight gamma on reals (Mescheder et al. 2018), e.g. 1; 0: off")
+    r1_every: int | None = setting(None, "GAN: add R1 every k steps, scaled by k (lazy, as in StyleGAN2: 16)")
+    lr_d: float | None = setting(None, "GAN: D's learning rate; None: lr (two rates: TTUR, Heusel et al. 2017)")
+    lr_g: float | None = setting(None, "GAN: G's learning rate; None: lr")
+    d_steps: int | None = setting(None, "GAN: D updates per G update, each on its own batch (SNGAN: 5); None: 1")
+    diffaugment: str | None = setting(None, "GAN: DiffAugment policy for all D sees (Zhao et al. 2020), a "
+                                      "comma-separated list of color, translation, cutout; None or none: off")
+    pack: int | None = setting(None, "GAN: D judges this many samples at once (PacGAN, Lin et al. 2018); 1: off")
 
     # The optimizer: Adam, lr and beta1 from the DCGAN paper (Sec. 4); beta2 from the recipe.
-    lr: float | None = None
-    beta1: float | None = None
-    beta2: float | None = None
-    # DCGAN: sample from an exponential moving average of G's weights with this decay
-    # (Yazici et al. 2019); 0 = off, sample from G itself. docs/results.md has the measurement.
-    ema: float | None = None
+    lr: float | None = setting(None, "Adam's learning rate; None: dcgan 2e-4 (DCGAN paper), VAEs 1e-3")
+    beta1: float | None = setting(None, "Adam's beta1; None: dcgan 0.5 (DCGAN paper), VAEs 0.9")
+    beta2: float | None = setting(None, "Adam's beta2; None: the recipe's (dcgan 0.999, tutorial 0.9)")
+    # docs/results.md has the measurement.
+    ema: float | None = setting(None, "DCGAN: sample from a moving average of G's weights with this decay, e.g. "
+                                "0.999 (Yazici et al. 2019); 0: off")
 
     # The run.
-    batch_size: int | None = None     # None: the model's (128 for every model) or its recipe's
-    epochs: int = 10
-    max_steps: int | None = None      # stop after this many steps in total (smoke tests)
-    seed: int = 0
-    device: str = "auto"
-    # bf16 autocast where the hardware has it (auto), else fp32; docs/performance.md measures it.
-    precision: str = "auto"
-    # On CUDA: capture the whole step once as a CUDA graph and replay it (no effect on a CPU).
-    cuda_graph: bool = True
-    out: str | None = None
-    progress: bool = True
-    # Log losses, eval figures, grids and these settings to RUN/tensorboard for `tensorboard
-    # --logdir runs`; a writer that cannot be made costs a warning, never the run.
-    tensorboard: bool = True
-    # Judge samples with the evaluator (FID, KID, modes, ...; mnist, fashion-mnist,
-    # stacked-mnist) every E epochs and at the end; 0: never. None: at the end only.
-    eval_every: int | None = None
-    # Checkpoint also inside epochs: every N steps ("500") or every N minutes ("10m");
-    # "0" saves at epoch ends only. 10 minutes bounds what a crash can cost on a slow CPU.
-    save_every: str = "10m"
+    batch_size: int | None = setting(None, "images a batch; None: 128, or the recipe's")
+    epochs: int = setting(10, "epochs in total, counted from the run's start")
+    max_steps: int | None = setting(None, "stop after this many steps in total; None: epochs decide")
+    seed: int = setting(0, "the seed of the weights, the data order and the noise: same seed, same run")
+    device: str = setting("auto", "auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
+    # docs/performance.md measures it.
+    precision: str = setting("auto", "auto: bf16 autocast on hardware with native bf16 (recent GPUs, CPUs with "
+                             "AMX or AVX512-BF16), else fp32; or fp32, bf16")
+    cuda_graph: bool = setting(True, "on CUDA, capture the whole step once as a CUDA graph and replay it")
+    out: str | None = setting(None, "the run folder; None: runs/<model>-<dataset>, numbered when taken")
+    progress: bool = setting(True, "show progress bars")
+    # A writer that cannot be made costs a warning, never the run.
+    tensorboard: bool = setting(True, "log losses, figures, grids and settings to RUN/tensorboard (`tensorboard "
+                                "--logdir runs`)")
+    eval_every: int | None = setting(None, "judge 10,000 samples (FID, KID, modes, ...; mnist, fashion-mnist, "
+                                     "stacked-mnist) every E epochs and at the end; 0: never; None: at the end")
+    # 10 minutes bounds what a crash can cost on a slow CPU.
+    save_every: str = setting("10m", "checkpoint also inside epochs: every N steps (\"500\") or N minutes "
+                              "(\"10m\"); \"0\": at epoch ends only")
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None filled in from the model's defaults (for the DCGAN, with
@@ -119,10 +136,12 @@ def validate(config: TrainConfig) -> None:
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
 
+    check_types(config)
+    recipe_settings(config.recipe)  # a VAE's run must not ignore an unknown recipe either
     spec = dataset_spec(config.dataset)
     task = task_class(config.model)
     for name in ("epochs", "batch_size", "max_steps", "nz", "width", "latent_dim", "fake_size", "stacked_size", "lr",
-                 "lr_d", "lr_g", "num_classes"):
+                 "lr_d", "lr_g", "num_classes", "subset"):
         positive(name, getattr(config, name))
     for name in ("lr", "lr_d", "lr_g"):
         value = getattr(config, name)
@@ -158,15 +177,35 @@ def validate(config: TrainConfig) -> None:
     parse_save_every(config.save_every)
 
 
+# What each annotation of TrainConfig admits, and how a message names it. bool is an int in
+# Python, so it is refused where a number is meant (epochs=True is a mistake, not 1 epoch).
+TYPES = {"int": (numbers.Integral, "a whole number"), "float": (numbers.Real, "a number"),
+         "str": (str, "text"), "bool": (bool, "True or False")}
+
+
+def check_types(config: TrainConfig) -> None:
+    """Refuse a setting of the wrong type (the Python API takes any object; the CLI's parser
+    has already converted its text)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        kind, meaning = TYPES[kinds[0]]
+        if not isinstance(value, kind) or (kinds[0] != "bool" and isinstance(value, bool)):
+            meaning += " or None" if "None" in kinds else ""
+            raise UserError(f"--{f.name.replace('_', '-')} must be {meaning}, got {value!r:.40}")
+
+
 def foreign_settings(config: TrainConfig, task) -> None:
     """Refuse a setting that belongs to another model (`--sn` for a VAE): it would be
     silently ignored. A model's own settings are its task's `settings()`."""
     from gankit.registry import MODELS
 
-    for name, other in MODELS.items():
-        for field in sorted(other.settings() - task.settings()):
-            if getattr(config, field, None) not in (None, False, 0):
-                raise UserError(f"--{field.replace('_', '-')} applies to the {name} model only, not --model "
+    for model, other in MODELS.items():
+        for name in sorted(other.settings() - task.settings()):
+            if getattr(config, name, None) not in (None, False, 0):
+                raise UserError(f"--{name.replace('_', '-')} applies to the {model} model only, not --model "
                                 f"{config.model}")
 
 

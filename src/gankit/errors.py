@@ -37,4 +37,5 @@ class Stopped(GankitError):
 
     def __init__(self, signum: int, message: str):
         super().__init__(message)
+        self.signum = signum
         self.exit_code = 128 + signum

@@ -46,14 +46,14 @@ def task_class(model: str) -> type[Task]:
     try:
         return MODELS[model]
     except KeyError:
-        raise UserError(f"unknown model '{model}'; use one of: {', '.join(MODELS)}") from None
+        raise UserError(f"unknown --model '{model}'; use one of: {', '.join(MODELS)}") from None
 
 
 def dataset_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise UserError(f"unknown dataset '{name}'; use one of: {', '.join(DATASETS)}") from None
+        raise UserError(f"unknown --dataset '{name}'; use one of: {', '.join(DATASETS)}") from None
 
 
 def judged_datasets() -> tuple[str, ...]:

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import re
+from functools import cache
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -67,14 +68,19 @@ def eval_keys(records: list[dict]) -> list[str]:
 
 
 def plot_losses(records: list[dict]) -> bytes:
-    """A PNG: the per-epoch losses on top; below, one small panel per eval figure when the
-    records have any (their scales differ too much to share one axis: FID ~10, KID ~0.01)."""
-    from matplotlib.figure import Figure  # the Agg canvas, no pyplot: no display, no global state
+    """losses.png: loss_figure as a PNG."""
+    return loss_figure(records)._repr_png_()
+
+
+def loss_figure(records: list[dict]):
+    """A matplotlib Figure: the per-epoch losses on top; below, one small panel per eval figure
+    when the records have any (their scales differ too much to share one axis: FID ~10, KID
+    ~0.01). Made without pyplot (no display, no global state); it shows itself in Jupyter."""
     from matplotlib.ticker import MaxNLocator
 
     evals = eval_keys(records)
     rows = math.ceil(len(evals) / EVAL_COLUMNS)
-    fig = Figure(figsize=(8, 4 + 2.2 * rows), dpi=100, layout="constrained")
+    fig = _figure_class()(figsize=(8, 4 + 2.2 * rows), dpi=100, layout="constrained")
     grid = fig.add_gridspec(1 + rows, EVAL_COLUMNS, height_ratios=[4] + [2.2] * rows)
     ax = fig.add_subplot(grid[0, :])
     draw_losses(ax, records)
@@ -83,9 +89,22 @@ def plot_losses(records: list[dict]) -> bytes:
         draw_eval(fig.add_subplot(grid[1 + i // EVAL_COLUMNS, i % EVAL_COLUMNS], sharex=ax), records, key)
     for axis in fig.axes:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return fig
+
+
+@cache
+def _figure_class():
+    """matplotlib's Figure with a PNG of itself for Jupyter's display (_repr_png_), made on
+    first use so that importing gankit does not import matplotlib."""
+    from matplotlib.figure import Figure
+
+    class PngFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            buf = io.BytesIO()
+            self.savefig(buf, format="png")
+            return buf.getvalue()
+
+    return PngFigure
 
 
 def draw_losses(ax, records: list[dict]) -> None:

@@ -46,10 +46,14 @@ def build_task(config: TrainConfig, channels: int, device: torch.device, native_
 
 
 def load_split(config: TrainConfig, split: str, log=None) -> ImageData:
-    """One split of a run's data, as the run's settings ask for it."""
-    return load_dataset(config.dataset, split=split, data_dir=config.data_dir, image_size=config.image_size,
+    """One split of a run's data, as the run's settings ask for it (--subset: the train
+    split's first N images)."""
+    data = load_dataset(config.dataset, split=split, data_dir=config.data_dir, image_size=config.image_size,
                         channels=config.channels, fake_size=config.fake_size, stacked_size=config.stacked_size,
-                        seed=config.seed, log=log)
+                        seed=config.seed, log=log, progress=config.progress)
+    if split == "train" and config.subset:
+        data = dataclasses.replace(data, images=data.images[:config.subset], labels=data.labels[:config.subset])
+    return data
 
 
 def has_test_split(config: TrainConfig) -> bool:
@@ -79,6 +83,25 @@ def resume_state(run: Path) -> tuple[TrainConfig, dict]:
     """(config, state) of a run folder's newest checkpoint (or a checkpoint file)."""
     state = load_checkpoint(find_checkpoint(run))
     return resume_config(state, run), state
+
+
+# Settings that may change when a run is resumed; everything else comes from its checkpoint.
+RESUME_OVERRIDES = ("epochs", "max_steps", "device", "progress", "data_dir", "save_every", "eval_every",
+                    "precision", "cuda_graph", "tensorboard")
+
+
+def resume_with(run: Path, changes: dict) -> tuple[TrainConfig, dict]:
+    """(config, state) to go on with a run, with `changes` (setting -> value) applied;
+    UserError for a setting that cannot change on resume. The CLI and gankit.Run.resume
+    both come through here."""
+    fixed = sorted(k for k in changes if k not in RESUME_OVERRIDES)
+    if fixed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        raise UserError(f"{flags} cannot change when resuming; a resumed run keeps its checkpoint's settings "
+                        f"(you may change {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDES[:3])})")
+    config, state = resume_state(Path(run))
+    config = dataclasses.replace(config, **changes, out=str(Path(run)))
+    return config, state
 
 
 class LoadedRun(NamedTuple):

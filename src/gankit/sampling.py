@@ -77,6 +77,17 @@ def balanced_labels(n: int, classes: int) -> torch.Tensor:
     return torch.arange(n) % classes
 
 
+def check_label(task, label: int | None, run) -> None:
+    """`sample --class K` (Run.sample(label=K)): a conditional run, and K one of its classes."""
+    if label is None:
+        return
+    classes = num_classes(task)
+    if not classes:
+        raise UserError(f"--class needs a conditional run (trained with --conditional); '{run}' is not one")
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < classes:
+        raise UserError(f"--class {label!r:.20} is not a class of '{run}'; use 0 to {classes - 1}")
+
+
 def sample_labels(task, n: int, label: int | None = None) -> torch.Tensor | None:
     """The labels `generate` draws n images of: None for an unconditional task; else
     `label` for every image, or, when None, balanced_labels."""

@@ -39,7 +39,7 @@ class ImageData:
 class DatasetSpec:
     """What gankit knows of a dataset before loading it (an entry of gankit.registry.DATASETS).
 
-    `load(split, *, data_dir, image_size, channels, fake_size, stacked_size, seed, log)`
+    `load(split, *, data_dir, image_size, channels, fake_size, stacked_size, seed, log, progress)`
     returns an ImageData; each loader uses the keywords it needs."""
 
     load: Callable[..., ImageData]
@@ -54,7 +54,8 @@ class DatasetSpec:
 
 def load_dataset(name: str, *, split: str = "train", data_dir: str | None = None,
                  image_size: int | None = None, channels: int | None = None,
-                 fake_size: int = 1024, stacked_size: int = 60000, seed: int = 0, log=None) -> ImageData:
+                 fake_size: int = 1024, stacked_size: int = 60000, seed: int = 0, log=None,
+                 progress: bool = True) -> ImageData:
     """Load a dataset by name (gankit.registry.DATASETS). Raises UserError with a one-line fix when it cannot."""
     from gankit.registry import dataset_spec
 
@@ -64,7 +65,7 @@ def load_dataset(name: str, *, split: str = "train", data_dir: str | None = None
     if split not in spec.splits:
         raise UserError(f"the {name} dataset has no {split} split (it has: {', '.join(spec.splits)})")
     data = spec.load(split, data_dir=data_dir, image_size=image_size or spec.image_size, channels=channels,
-                     fake_size=fake_size, stacked_size=stacked_size, seed=seed, log=log)
+                     fake_size=fake_size, stacked_size=stacked_size, seed=seed, log=log, progress=progress)
     return dataclasses.replace(data, name=name)
 
 

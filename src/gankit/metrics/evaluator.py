@@ -202,7 +202,7 @@ def train_evaluator(images: Tensor, labels: Tensor, *, seed: int = 0,
         raise UserError("epochs and batch_size must be positive")
     labels = labels.to(torch.int64)
 
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -255,6 +255,9 @@ def evaluator_path(images: Tensor, labels: Tensor, cache_dir: str | os.PathLike,
     return Path(cache_dir) / f"evaluator-{evaluator_cache_key(images, labels, seed)}.pt"
 
 
+_ANNOUNCED: set[Path] = set()  # cached evaluators this process has said it loaded
+
+
 def load_or_train_evaluator(images: Tensor, labels: Tensor, cache_dir: str | os.PathLike,
                             *, seed: int = 0, progress: bool = True,
                             log: Callable[[str], None] | None = None) -> Evaluator:
@@ -278,7 +281,9 @@ def load_or_train_evaluator(images: Tensor, labels: Tensor, cache_dir: str | os.
         except Exception as exc:  # corrupt or stale file: retrain and overwrite
             say(f"evaluator cache {path} unreadable ({type(exc).__name__}: {exc}); retraining")
         else:
-            say(f"loaded evaluator from {path}")
+            if path not in _ANNOUNCED:  # said once a process: a notebook judging twice shows it once
+                _ANNOUNCED.add(path)
+                say(f"loaded evaluator from {path}")
             return model.eval()
     say(f"training evaluator on {images.shape[0]} images (cache: {path})")
     model = train_evaluator(images, labels, seed=seed, progress=progress)

@@ -113,6 +113,20 @@ def judge(images: torch.Tensor, dataset: str, data_dir: str | None = None, *, se
     return result
 
 
+def judge_run(loaded, *, n: int, seed: int = 0, dataset: str | None = None, data_dir: str | None = None,
+              progress: bool = True) -> dict:
+    """`judge` for n fresh samples of a loaded run (gankit.runs.load_run), against the run's own
+    dataset unless `dataset` says otherwise: what `gankit eval RUN` and gankit.Run.evaluate report.
+    A conditional run draws the classes in turn and is also scored on its class accuracy."""
+    from gankit import sampling
+
+    config, task, _, native = loaded
+    images = sampling.generate(task, n, seed=seed, native=native)
+    labels = sampling.sample_labels(task, n)
+    return judge(images.contiguous(), dataset or config.dataset, data_dir or config.data_dir, seed=seed,
+                 progress=progress, labels=labels)
+
+
 def reference(evaluator, dataset: str, data_dir: str | None, seed: int, n_floor: int) -> dict:
     """What every judgement of `dataset` compares against: the test split's features and
     k-NN radii, and the floor (figures of n_floor real training images). They cost more

@@ -60,6 +60,13 @@ RECIPES: dict[str, dict] = {
 DEFAULT_RECIPE = "dcgan"
 
 
+def recipe_settings(name: str) -> dict:
+    """A recipe's settings, or the one-line error for a name that is not a recipe."""
+    if name not in RECIPES:
+        raise UserError(f"unknown --recipe '{name}'; use one of: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
 def xavier_init(module: nn.Module) -> None:
     """SNGAN's init on its ResNet (models/resnet.sngan_init: Xavier-uniform, gain sqrt(2) in
     the residual paths); on any other net Xavier-uniform with gain 1 on every layer."""
@@ -141,9 +148,7 @@ class GanTask(Task):
 
     @classmethod
     def resolve(cls, config) -> dict:
-        if config.recipe not in RECIPES:
-            raise UserError(f"unknown recipe '{config.recipe}'; use one of: {', '.join(RECIPES)}")
-        settings = {**cls.defaults, **RECIPES[config.recipe]}
+        settings = {**cls.defaults, **recipe_settings(config.recipe)}
         if config.arch in ARCHS and config.init is None:  # --arch given: its own init, not the recipe's
             settings["init"] = ARCHS[config.arch].init
         lr = config.lr if config.lr is not None else settings["lr"]

@@ -1,7 +1,7 @@
 """The training loop: epochs, batches, logging, pictures, checkpoints and resume.
 
 It reads top to bottom as one run: `train` checks the settings, `setup` gathers what a
-run needs into a `Run`, `run_steps` is the loop, `end_epoch` writes an epoch's figures
+run needs into a `Session`, `run_steps` is the loop, `end_epoch` writes an epoch's figures
 and pictures, `save` a checkpoint. The model-specific part is a task (the protocol is in
 gankit.training.task); the loop knows nothing else about it. Labels reach the step only
 for a --conditional run.
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
 
 from gankit import report, sampling, seeds
 from gankit.board import Board, open_board
@@ -52,7 +52,7 @@ EVAL_SAMPLES = 10000
 
 
 @dataclass
-class Run:
+class Session:
     """What one training session works with. `step` and `sums` (the epoch's running sums
     of the step's metrics, plus "steps" and "seconds") change as it goes."""
 
@@ -128,7 +128,7 @@ def run_folder(config: TrainConfig, resuming: bool, ranks: Ranks) -> Path:
     return out
 
 
-def setup(config: TrainConfig, resume: dict | None, log, ranks: Ranks) -> Run:
+def setup(config: TrainConfig, resume: dict | None, log, ranks: Ranks) -> Session:
     """Data, run folder, task, batches and stepper, with the random state where a
     straight run would have it."""
     # Data first: a missing dataset must fail before anything is written.
@@ -169,12 +169,17 @@ def setup(config: TrainConfig, resume: dict | None, log, ranks: Ranks) -> Run:
     stepper = make_stepper(config, task, ranks, log)
     fixed_z = task.noise(GRID, rng=torch.Generator().manual_seed(config.seed))
     if ranks.main and not (out / "samples" / "real.png").exists():
-        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))[:GRID]
-        sampling.save_grid(data.images[pick], out / "samples" / "real.png", nrow=8)
-    run = Run(config=config, ranks=ranks, log=log, out=out, data=data, test=test, task=task, batches=batches,
+        sampling.save_grid(real_images(data, config.seed), out / "samples" / "real.png", nrow=8)
+    run = Session(config=config, ranks=ranks, log=log, out=out, data=data, test=test, task=task, batches=batches,
               stepper=stepper, fixed_z=fixed_z, shown=shown, total=total, step=step, sums=sums)
     log_start(run)
     return run
+
+
+def real_images(data: ImageData, seed: int) -> torch.Tensor:
+    """The GRID training images of samples/real.png: a seeded pick, the same for every session."""
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:GRID]
+    return data.images[pick]
 
 
 def make_stepper(config: TrainConfig, task, ranks: Ranks, log) -> Stepper:
@@ -185,7 +190,7 @@ def make_stepper(config: TrainConfig, task, ranks: Ranks, log) -> Stepper:
     return Stepper(task, ranks.device, dtype=dtype, graph=graph, log=log)
 
 
-def log_start(run: Run) -> None:
+def log_start(run: Session) -> None:
     config, ranks = run.config, run.ranks
     recipe = type(run.task).summary(config)
     mode = ("bf16" if run.stepper.dtype is not None else "fp32") + (", CUDA graph" if run.stepper.graph else "")
@@ -235,7 +240,7 @@ def restore_rank(resume: dict, ranks: Ranks, seed: int, device: torch.device, lo
     return dict(mine.get("epoch_sums", {}))
 
 
-def run_steps(run: Run) -> None:
+def run_steps(run: Session) -> None:
     """The loop: a step, its sums, and at the right steps the epoch's end, a checkpoint, a stop."""
     config, ranks, task = run.config, run.ranks, run.task
     save_steps, save_seconds = parse_save_every(config.save_every)
@@ -296,7 +301,7 @@ def run_steps(run: Run) -> None:
     run.log(f"done: {run.step} steps in {time.perf_counter() - session_start:.1f} s; run folder {run.out}")
 
 
-def end_epoch(run: Run, epoch: int, board: Board) -> None:
+def end_epoch(run: Session, epoch: int, board: Board) -> None:
     """An epoch's record (averaged over all shards), its test figures, the judge's figures
     when asked for, its grids, a checkpoint, its line in metrics.jsonl, TensorBoard and plots."""
     config, ranks, sums = run.config, run.ranks, run.sums
@@ -326,7 +331,7 @@ def end_epoch(run: Run, epoch: int, board: Board) -> None:
                                                   and isinstance(v, (int, float))))
 
 
-def check_finite(run: Run) -> None:
+def check_finite(run: Session) -> None:
     """Stop before a non-finite loss reaches a checkpoint: the last good one stays."""
     sums = run.sums
     bad = {k: float(sums[k]) for k in run.task.metric_names if k in sums and not math.isfinite(float(sums[k]))}
@@ -337,7 +342,7 @@ def check_finite(run: Run) -> None:
                        "change the recipe")
 
 
-def save(run: Run) -> None:
+def save(run: Session) -> None:
     """A checkpoint. Every rank calls this; rank 0 writes every rank's random state and epoch
     sums, once it has checked that all ranks hold the same weights."""
     check_finite(run)

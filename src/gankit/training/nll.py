@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
 
 from gankit.checkpoint import about
 from gankit.errors import UserError
