@@ -40,8 +40,9 @@ def tiny_args():
 
 @pytest.fixture(autouse=True)
 def _no_data_env(monkeypatch, tmp_path):
-    # Never read or fill the user's real cache from a test.
+    # Never read or fill the user's real cache from a test, and never download a network's weights.
     monkeypatch.setenv("GANKIT_DATA", str(tmp_path / "data-cache"))
+    monkeypatch.setenv("GANKIT_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
     yield
 

@@ -165,14 +165,19 @@ class Run:
         return sampling.generate(task, n, seed=seed, native=native, batch_size=batch_size, label=label)
 
     # --- figures ----------------------------------------------------------------------------
-    def evaluate(self, n: int = 10000, seed: int = 0, *, device: str = "auto", progress: bool = True) -> dict:
+    def evaluate(self, n: int = 10000, seed: int = 0, *, features: str = "evaluator", reference=None,
+                 feature_weights=None, device: str = "auto", progress: bool = True) -> dict:
         """The judge's figures for n samples, with the real floor under "floor": the object
-        `gankit eval RUN --json` prints (FID, KID, classifier score, precision, recall, modes,
-        KL to uniform; a conditional run's class accuracy)."""
+        `gankit eval RUN --json` prints. features="evaluator": gankit's own MNIST classifier
+        (FID, KID, classifier score, precision, recall, modes, KL to uniform; a conditional run's
+        class accuracy); "inception": Inception-v3, the figures papers quote, against the run's
+        training images or the folder `reference`, with the network file `feature_weights`
+        (default: gankit's cache)."""
         from gankit.metrics.judge import judge_run
 
         positive("n", n)
-        return judge_run(self.loaded(device), n=n, seed=seed, progress=progress)
+        return judge_run(self.loaded(device), n=n, seed=seed, features=features, progress=progress,
+                         reference=plain(reference), feature_weights=plain(feature_weights), device=device)
 
     def plot_losses(self):
         """A matplotlib Figure of the per-epoch losses and judge's figures (losses.png)."""

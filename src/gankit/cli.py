@@ -13,7 +13,15 @@ from pathlib import Path
 from gankit import __version__
 from gankit.config import PRECISIONS, TrainConfig
 from gankit.errors import GankitError, UserError
-from gankit.registry import DATASETS, DEFAULT_DATASET, DEFAULT_MODEL, MODELS, evaluator_datasets
+from gankit.registry import (
+    DATASETS,
+    DEFAULT_DATASET,
+    DEFAULT_FEATURES,
+    DEFAULT_MODEL,
+    FEATURES,
+    MODELS,
+    evaluator_datasets,
+)
 from gankit.training.gan import ARCHS, DEFAULT_RECIPE, EDGES, INITS, RECIPES
 from gankit.training.losses import DEFAULT_LOSS, LOSSES
 
@@ -66,6 +74,12 @@ def build_parser() -> Parser:
     t.add_argument("--channels", type=int, metavar=one_of((1, 3)), help="1 grayscale or 3 RGB (default: from the data)")
     t.add_argument("--subset", type=int, metavar="N", help="train on the first N training images only (a quick "
                    "look; default: all)")
+    t.add_argument("--crop", metavar="center|none|PIXELS", help="folders: the centre square (default), the whole "
+                   "image squeezed to a square, or a centre crop of PIXELS x PIXELS, before resizing")
+    t.add_argument("--cache-dir", help="folders: where the decoded images are cached (default: the data root, "
+                   "under folders/)")
+    t.add_argument("--hflip", action="store_true", help="flip each training image left-right with probability "
+                   "1/2, on the training device")
     t.add_argument("--fake-size", type=int, help="images in the fake dataset (default: 1024)")
     t.add_argument("--model", metavar=one_of(tuple(MODELS)), help=f"default: {DEFAULT_MODEL}; vae is convolutional, "
                    "vae-mlp the classic 784-400-20")
@@ -150,6 +164,13 @@ def build_parser() -> Parser:
 
     j = sub.add_parser("eval", help="judge samples: FID, KID, classifier score, precision/recall, modes")
     j.add_argument("target", help="a run folder, or a .npz from `gankit sample`")
+    j.add_argument("--features", default=DEFAULT_FEATURES, metavar=one_of(FEATURES), help="evaluator (default): "
+                   "gankit's own MNIST classifier, offline; inception: Inception-v3, the figures papers quote, "
+                   "for any images")
+    j.add_argument("--reference", metavar="DIR", help="inception: a folder of real images to judge against "
+                   "(default: the run's training images)")
+    j.add_argument("--feature-weights", metavar="PATH", help="inception: the network file inception-2015-12-05.pt "
+                   "(default: gankit's cache, downloaded on first use)")
     j.add_argument("--dataset", help="the data the samples imitate (a run knows its own; .npz default: mnist)")
     j.add_argument("--data-dir", help="where the data is (a run knows its own)")
     j.add_argument("--n", type=positive_int, default=10000, help="samples to draw from a run (default: 10000)")
@@ -276,43 +297,53 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     import json
 
-    import numpy as np
-
-    from gankit import sampling
-    from gankit.metrics.judge import judge, judge_run
+    from gankit.metrics.judge import Request, judge_run, judge_with
+    from gankit.registry import feature_judge
     from gankit.runs import load_run
 
     target = Path(args.target)
+    judge = feature_judge(args.features)
+    wants = {"dataset": args.dataset, "data_dir": args.data_dir, "reference": args.reference,
+             "feature_weights": args.feature_weights, "device": args.device}
     if target.suffix == ".npz":
-        if not target.is_file():
-            raise UserError(f"'{target}' does not exist; write one with `gankit sample RUN --out {target}`")
-        try:
-            array = np.load(target)["images"]
-        except Exception as e:  # not a zip, no 'images', a pickle: all the same to the user
-            raise UserError(f"'{target}' is not a gankit samples file ({type(e).__name__}); "
-                            "it needs a uint8 array 'images'") from None
-        images = sampling.from_array(array, str(target))
-        dataset = args.dataset or DEFAULT_DATASET
-        result = judge(images.contiguous(), dataset, args.data_dir, seed=args.seed, progress=args.progress)
+        images = read_samples(target)
+        request = Request(**{**wants, "dataset": args.dataset or DEFAULT_DATASET}, seed=args.seed,
+                          progress=args.progress)
+        result = judge_with(args.features, images, request)
     else:
         loaded = load_run(target, device=args.device)
-        result = judge_run(loaded, n=args.n, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
-                           progress=args.progress)
-        dataset = args.dataset or loaded.config.dataset
+        result = judge_run(loaded, n=args.n, seed=args.seed, features=args.features, progress=args.progress, **wants)
+        request = Request(dataset=args.dataset or loaded.config.dataset)
     if args.json:
         print(json.dumps(result))
         return
     floor = result["floor"]
-    print(f"{result['n']} samples of {dataset} against its test split; floor: {result['n']} real training images")
+    print(judge.header(result, request))
     print(f"  {'metric':<18}{'samples':>12}{'real floor':>12}")
-    rows = [("FID", "fid", ".3f"), ("KID", "kid", ".5f"), ("classifier score", "classifier_score", ".3f"),
-            ("precision", "precision", ".3f"), ("recall", "recall", ".3f"), ("modes", "modes", "d"),
-            ("KL to uniform", "kl_to_uniform", ".4f")]
-    for label, key, fmt in rows:
+    for label, key, fmt in judge.rows:
         print(f"  {label:<18}{result[key]:>12{fmt}}{floor[key]:>12{fmt}}")
     if "class_accuracy" in result:  # a conditional run: did each sample come out as its class?
         print(f"  {'class accuracy':<18}{result['class_accuracy']:>12.3f}{'-':>12}")
-    print(f"  (modes of {result['num_classes']}; KID ± {result['kid_std']:.5f})")
+    if "num_classes" in result:
+        print(f"  (modes of {result['num_classes']}; KID ± {result['kid_std']:.5f})")
+    else:
+        print(f"  (KID ± {result['kid_std']:.5f}; Inception Score ± {result['inception_score_std']:.3f})")
+
+
+def read_samples(target: Path):
+    """The images of a `gankit sample` .npz, uint8 (N, C, H, W); UserError when it is not one."""
+    import numpy as np
+
+    from gankit import sampling
+
+    if not target.is_file():
+        raise UserError(f"'{target}' does not exist; write one with `gankit sample RUN --out {target}`")
+    try:
+        array = np.load(target)["images"]
+    except Exception as e:  # not a zip, no 'images', a pickle: all the same to the user
+        raise UserError(f"'{target}' is not a gankit samples file ({type(e).__name__}); "
+                        "it needs a uint8 array 'images'") from None
+    return sampling.from_array(array, str(target))
 
 
 def cmd_evaluator(args: argparse.Namespace) -> None:

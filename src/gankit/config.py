@@ -40,6 +40,13 @@ class TrainConfig:
     channels: int | None = setting(None, "1 (grayscale) or 3 (RGB); None: from the data")
     subset: int | None = setting(None, "train on the first N images of the train split only (a quick look on a "
                                  "slow machine); None: all of them")
+    # Folders: CelebA's aligned faces are 178x218; the usual crop before resizing to 64 is 108 or 140.
+    crop: str | int = setting("center", "folders: center (the centre square), none (the whole image, squeezed to "
+                              "a square) or N (a centre crop of N x N pixels) before resizing")
+    cache_dir: str | None = setting(None, "folders: where the decoded images are cached between runs; None: the "
+                                    "data root (GANKIT_DATA, else ~/.cache/gankit), under folders/")
+    hflip: bool = setting(False, "flip each training image left-right with probability 1/2, drawn on the training "
+                          "device (faces, objects; not digits)")
     fake_size: int = setting(1024, "images in the fake dataset (smoke tests)")
     # stacked-mnist's train split: VEEGAN/PacGAN draw 128k; 60k is MNIST's size.
     stacked_size: int = setting(60000, "images in stacked-mnist's train split")
@@ -149,6 +156,7 @@ def validate(config: TrainConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} {value} is far beyond any learning rate that trains; "
                             "use a value like 2e-4")
     foreign_settings(config, task)
+    dataset_settings(config, spec)
     if config.image_size is not None and config.image_size not in IMAGE_SIZES:
         raise UserError(
             f"--image-size {config.image_size} is not supported: use a power of two from "
@@ -191,9 +199,9 @@ def check_types(config: TrainConfig) -> None:
         kinds = [k.strip() for k in str(f.type).split("|")]
         if value is None and "None" in kinds:
             continue
-        kind, meaning = TYPES[kinds[0]]
-        if not isinstance(value, kind) or (kinds[0] != "bool" and isinstance(value, bool)):
-            meaning += " or None" if "None" in kinds else ""
+        if not any(isinstance(value, TYPES[k][0]) and (k == "bool" or not isinstance(value, bool))
+                   for k in kinds if k != "None"):
+            meaning = " or ".join(TYPES[k][1] if k != "None" else "None" for k in kinds)
             raise UserError(f"--{f.name.replace('_', '-')} must be {meaning}, got {value!r:.40}")
 
 
@@ -207,6 +215,21 @@ def foreign_settings(config: TrainConfig, task) -> None:
             if getattr(config, name, None) not in (None, False, 0):
                 raise UserError(f"--{name.replace('_', '-')} applies to the {model} model only, not --model "
                                 f"{config.model}")
+
+
+def dataset_settings(config: TrainConfig, spec) -> None:
+    """Refuse a setting of another dataset (`--crop` for MNIST), and check the dataset's own:
+    a DatasetSpec names its settings and checks their values (`check`)."""
+    from gankit.registry import DATASETS
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for name, other in DATASETS.items():
+        for setting_name in sorted(set(other.settings) - set(spec.settings)):
+            if getattr(config, setting_name) != defaults[setting_name]:
+                raise UserError(f"--{setting_name.replace('_', '-')} applies to --dataset {name} only, not "
+                                f"--dataset {config.dataset}")
+    if spec.check:
+        spec.check(config)
 
 
 def parse_save_every(text: str) -> tuple[int, float]:

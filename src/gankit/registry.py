@@ -1,4 +1,4 @@
-"""The tables that turn a name on the command line into code: models and datasets.
+"""The tables that turn a name on the command line into code: models, datasets and judges.
 
 Nothing else in gankit tests a model's or a dataset's name: the loop, sampling, export,
 TensorBoard and the judge ask the entry for what they need. A new model is a task class
@@ -12,10 +12,13 @@ from __future__ import annotations
 from functools import partial
 
 from gankit.data import DatasetSpec, load_fake
+from gankit.data.folder import check_settings as check_folder_settings
 from gankit.data.folder import load_split as load_folder_split
 from gankit.data.mnist import load_idx_split
 from gankit.data.stacked import load_stacked
 from gankit.errors import UserError
+from gankit.metrics.inception import inception_header, judge_with_inception
+from gankit.metrics.judge import EVALUATOR, Judge
 from gankit.training.gan import GanTask
 from gankit.training.task import Task
 from gankit.training.vae import MlpVaeTask, VaeTask
@@ -36,10 +39,33 @@ DATASETS: dict[str, DatasetSpec] = {
                                  evaluator="fashion-mnist"),
     "stacked-mnist": DatasetSpec(load_stacked, 32, num_classes=1000, evaluator="mnist", channels=3),
     "folder": DatasetSpec(load_folder_split, 64, splits=("train",),
-                          needs="--dataset folder needs --data-dir pointing at a folder of PNG/JPEG images"),
+                          needs="--dataset folder needs --data-dir pointing at a folder of PNG/JPEG images",
+                          settings=("crop", "cache_dir"), check=check_folder_settings),
     "fake": DatasetSpec(load_fake, 32, labelled=False),  # random pixels: every code path in seconds
 }
 DEFAULT_DATASET = "mnist"
+
+
+# How `gankit eval --features NAME` judges samples: whose features FID, KID, precision and
+# recall are computed on, and against which real images (docs/usage.md says when each fits).
+FEATURES: dict[str, Judge] = {
+    # gankit's own MNIST classifier (metrics/evaluator.py): offline, MNIST-like data; also
+    # modes, KL to uniform and the classifier score.
+    "evaluator": EVALUATOR,
+    # Inception-v3 (metrics/inception.py): the figures papers quote, for any images; needs
+    # the network's weights file.
+    "inception": Judge(judge_with_inception, (
+        ("FID", "fid", ".3f"), ("KID", "kid", ".5f"), ("Inception Score", "inception_score", ".3f"),
+        ("precision", "precision", ".3f"), ("recall", "recall", ".3f")), inception_header),
+}
+DEFAULT_FEATURES = "evaluator"
+
+
+def feature_judge(name: str) -> Judge:
+    try:
+        return FEATURES[name]
+    except KeyError:
+        raise UserError(f"unknown --features '{name}'; use one of: {', '.join(FEATURES)}") from None
 
 
 def task_class(model: str) -> type[Task]:

@@ -50,7 +50,8 @@ def load_split(config: TrainConfig, split: str, log=None) -> ImageData:
     split's first N images)."""
     data = load_dataset(config.dataset, split=split, data_dir=config.data_dir, image_size=config.image_size,
                         channels=config.channels, fake_size=config.fake_size, stacked_size=config.stacked_size,
-                        seed=config.seed, log=log, progress=config.progress)
+                        seed=config.seed, log=log, progress=config.progress, crop=config.crop,
+                        cache_dir=config.cache_dir)
     if split == "train" and config.subset:
         data = dataclasses.replace(data, images=data.images[:config.subset], labels=data.labels[:config.subset])
     return data
@@ -87,7 +88,7 @@ def resume_state(run: Path) -> tuple[TrainConfig, dict]:
 
 # Settings that may change when a run is resumed; everything else comes from its checkpoint.
 RESUME_OVERRIDES = ("epochs", "max_steps", "device", "progress", "data_dir", "save_every", "eval_every",
-                    "precision", "cuda_graph", "tensorboard")
+                    "precision", "cuda_graph", "tensorboard", "cache_dir")
 
 
 def resume_with(run: Path, changes: dict) -> tuple[TrainConfig, dict]:

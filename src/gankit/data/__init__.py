@@ -39,8 +39,8 @@ class ImageData:
 class DatasetSpec:
     """What gankit knows of a dataset before loading it (an entry of gankit.registry.DATASETS).
 
-    `load(split, *, data_dir, image_size, channels, fake_size, stacked_size, seed, log, progress)`
-    returns an ImageData; each loader uses the keywords it needs."""
+    `load(split, *, data_dir, image_size, channels, fake_size, stacked_size, seed, log, progress,
+    crop, cache_dir)` returns an ImageData; each loader uses the keywords it needs."""
 
     load: Callable[..., ImageData]
     image_size: int                  # the network's default size for it
@@ -50,12 +50,14 @@ class DatasetSpec:
     evaluator: str | None = None     # the dataset whose evaluator judges its samples; None: not judged
     channels: int | None = None      # fixed channels of its images; None: as asked (--channels)
     needs: str | None = None         # what it needs that has no default, as the error says it
+    settings: tuple[str, ...] = ()   # TrainConfig fields only this dataset reads (others refuse them)
+    check: Callable | None = None    # check(config): refuse bad values of those settings (UserError)
 
 
 def load_dataset(name: str, *, split: str = "train", data_dir: str | None = None,
                  image_size: int | None = None, channels: int | None = None,
                  fake_size: int = 1024, stacked_size: int = 60000, seed: int = 0, log=None,
-                 progress: bool = True) -> ImageData:
+                 progress: bool = True, crop: str | int = "center", cache_dir: str | None = None) -> ImageData:
     """Load a dataset by name (gankit.registry.DATASETS). Raises UserError with a one-line fix when it cannot."""
     from gankit.registry import dataset_spec
 
@@ -65,7 +67,8 @@ def load_dataset(name: str, *, split: str = "train", data_dir: str | None = None
     if split not in spec.splits:
         raise UserError(f"the {name} dataset has no {split} split (it has: {', '.join(spec.splits)})")
     data = spec.load(split, data_dir=data_dir, image_size=image_size or spec.image_size, channels=channels,
-                     fake_size=fake_size, stacked_size=stacked_size, seed=seed, log=log, progress=progress)
+                     fake_size=fake_size, stacked_size=stacked_size, seed=seed, log=log, progress=progress,
+                     crop=crop, cache_dir=cache_dir)
     return dataclasses.replace(data, name=name)
 
 

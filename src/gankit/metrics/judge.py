@@ -19,17 +19,20 @@ from __future__ import annotations
 import hashlib
 import io
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
+import gankit.registry as registry  # a module, not its names: the registry lists this judge (FEATURES)
 from gankit.data import load_dataset
 from gankit.data.mnist import default_data_root
 from gankit.errors import UserError
 from gankit.files import write_atomic
 from gankit.metrics.evaluator import classify, load_or_train_evaluator, mode_coverage
 from gankit.metrics.quality import classifier_score, fid, kid, knn_radii, precision_recall
-from gankit.registry import dataset_spec, judged_datasets
 
 REFERENCE_VERSION = 1  # bump when the reference figures are computed differently
 
@@ -37,7 +40,7 @@ REFERENCE_VERSION = 1  # bump when the reference figures are computed differentl
 def evaluator_for(dataset: str, data_dir: str | None, progress: bool = True, train=None):
     """The cached evaluator of a labelled 28x28 dataset (trained on first use). `train`:
     the base dataset's train split when the caller has it already, to read it only once."""
-    base = dataset_spec(dataset).evaluator
+    base = registry.dataset_spec(dataset).evaluator
     if train is None or train.name != base:
         train = load_dataset(base, split="train", data_dir=data_dir)
     return load_or_train_evaluator(train.images, train.labels, evaluator_cache(),
@@ -45,11 +48,11 @@ def evaluator_for(dataset: str, data_dir: str | None, progress: bool = True, tra
 
 
 def classes_of(dataset: str) -> int:
-    return dataset_spec(dataset).num_classes
+    return registry.dataset_spec(dataset).num_classes
 
 
 def sample_channels(dataset: str) -> int:
-    return dataset_spec(dataset).channels or 1
+    return registry.dataset_spec(dataset).channels or 1
 
 
 def evaluator_cache() -> Path:
@@ -89,9 +92,9 @@ def judge(images: torch.Tensor, dataset: str, data_dir: str | None = None, *, se
     """All figures for uint8 images (N, C, 28, 28) of `dataset`, plus the floor for N real ones.
     `labels` (N,): the class each image was asked to be (stacked-mnist: 100 r + 10 g + b);
     given, the result has "class_accuracy", the share the evaluator puts in that class."""
-    if dataset not in judged_datasets():
-        raise UserError(f"gankit eval judges {', '.join(judged_datasets())} samples; '{dataset}' has no evaluator "
-                        "(it needs labelled 28x28 data)")
+    if dataset not in registry.judged_datasets():
+        raise UserError(f"gankit's evaluator judges {', '.join(registry.judged_datasets())} samples; '{dataset}' "
+                        "has none (it needs labelled 28x28 data); use --features inception")
     channels = sample_channels(dataset)
     if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (channels, 28, 28):
         raise UserError(f"{dataset} samples must be uint8 of shape (N, 28, 28{', 3' if channels == 3 else ''}); "
@@ -113,18 +116,69 @@ def judge(images: torch.Tensor, dataset: str, data_dir: str | None = None, *, se
     return result
 
 
-def judge_run(loaded, *, n: int, seed: int = 0, dataset: str | None = None, data_dir: str | None = None,
-              progress: bool = True) -> dict:
-    """`judge` for n fresh samples of a loaded run (gankit.runs.load_run), against the run's own
-    dataset unless `dataset` says otherwise: what `gankit eval RUN` and gankit.Run.evaluate report.
-    A conditional run draws the classes in turn and is also scored on its class accuracy."""
+@dataclass
+class Request:
+    """What a judgement of samples needs besides the images (gankit eval's flags, a run's facts)."""
+
+    dataset: str                          # the data the samples imitate
+    data_dir: str | None = None
+    seed: int = 0
+    progress: bool = True
+    labels: torch.Tensor | None = None    # the classes a conditional generator was asked for
+    reference: str | None = None          # --reference DIR: a folder of real images (inception)
+    feature_weights: str | None = None    # --feature-weights PATH (inception)
+    device: str = "cpu"
+    config: object = None                 # the run's TrainConfig, when judging a run
+
+
+class Judge(NamedTuple):
+    """A way of judging samples (an entry of gankit.registry.FEATURES): `judge(images, request)`
+    gives the figures and "floor"; `rows` are (label, key, format) of `gankit eval`'s table;
+    `header(result, request)` its first line."""
+
+    judge: Callable[[torch.Tensor, Request], dict]
+    rows: tuple[tuple[str, str, str], ...]
+    header: Callable[[dict, Request], str]
+
+
+def judge_with_evaluator(images: torch.Tensor, request: Request) -> dict:
+    if request.reference or request.feature_weights:
+        raise UserError("--reference and --feature-weights go with --features inception; gankit's evaluator "
+                        "judges against the dataset's own test split")
+    return judge(images.contiguous(), request.dataset, request.data_dir, seed=request.seed,
+                 progress=request.progress, labels=request.labels)
+
+
+def evaluator_header(result: dict, request: Request) -> str:
+    return (f"{result['n']} samples of {request.dataset} against its test split; floor: {result['n']} real "
+            "training images")
+
+
+EVALUATOR = Judge(judge_with_evaluator, (
+    ("FID", "fid", ".3f"), ("KID", "kid", ".5f"), ("classifier score", "classifier_score", ".3f"),
+    ("precision", "precision", ".3f"), ("recall", "recall", ".3f"), ("modes", "modes", "d"),
+    ("KL to uniform", "kl_to_uniform", ".4f")), evaluator_header)
+
+
+def judge_run(loaded, *, n: int, seed: int = 0, features: str = "evaluator", progress: bool = True,
+              **request) -> dict:
+    """n fresh samples of a loaded run (gankit.runs.load_run) judged with `features` (an entry
+    of gankit.registry.FEATURES), against the run's own dataset unless the request's `dataset`
+    says otherwise: what `gankit eval RUN` and gankit.Run.evaluate report. A conditional run
+    draws the classes in turn and is also scored on its class accuracy."""
     from gankit import sampling
 
     config, task, _, native = loaded
     images = sampling.generate(task, n, seed=seed, native=native)
-    labels = sampling.sample_labels(task, n)
-    return judge(images.contiguous(), dataset or config.dataset, data_dir or config.data_dir, seed=seed,
-                 progress=progress, labels=labels)
+    given = {k: v for k, v in request.items() if v is not None}  # dataset, data_dir, reference, ...
+    request = Request(**{"dataset": config.dataset, "data_dir": config.data_dir, **given}, seed=seed,
+                      progress=progress, labels=sampling.sample_labels(task, n), config=config)
+    return judge_with(features, images, request)
+
+
+def judge_with(features: str, images: torch.Tensor, request: Request) -> dict:
+    """The figures of `features`' judge, with "features" saying which."""
+    return {"features": features, **registry.feature_judge(features).judge(images, request)}
 
 
 def reference(evaluator, dataset: str, data_dir: str | None, seed: int, n_floor: int) -> dict:

@@ -105,3 +105,11 @@ class DiffAugment:
         for name in self.names:
             x = POLICIES[name](x)
         return x
+
+
+def random_hflip(x: torch.Tensor) -> torch.Tensor:
+    """Each image (N, C, H, W) flipped left-right with probability 1/2, drawn on x's device
+    from the global generator (so a checkpoint's RNG state resumes the same flips, and a CUDA
+    graph replays fresh ones). Only the images: a label stays with its image."""
+    flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
+    return torch.where(flip, x.flip(-1), x)

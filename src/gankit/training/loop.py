@@ -187,7 +187,7 @@ def make_stepper(config: TrainConfig, task, ranks: Ranks, log) -> Stepper:
     graph = config.cuda_graph and ranks.world == 1
     if config.cuda_graph and ranks.device.type == "cuda" and not graph:
         log("note: no CUDA graph under torchrun: DDP's all-reduces run outside a captured step")
-    return Stepper(task, ranks.device, dtype=dtype, graph=graph, log=log)
+    return Stepper(task, ranks.device, dtype=dtype, graph=graph, log=log, hflip=config.hflip)
 
 
 def log_start(run: Session) -> None:

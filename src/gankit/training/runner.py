@@ -8,7 +8,8 @@ training as a plain one, and a change to a step changes every mode at once.
 
 - Batches: the uint8 dataset sits on the device (or, when it does not fit a GPU, in
   pinned host memory) and batches are gathered by index from the epoch's permutation,
-  in the process, with no DataLoader workers.
+  in the process, with no DataLoader workers. A memory-mapped dataset too large for host
+  memory stays on disk, and each batch is read from there, by the same indices.
 - Precision: bf16 autocast where the hardware computes bf16 natively (CUDA GPUs of the
   Ampere generation on; CPUs with AMX or AVX512-BF16), fp32 elsewhere. Weights, the
   optimizers and the losses stay fp32; docs/performance.md has the measurements.
@@ -25,6 +26,8 @@ import torch
 
 from gankit import seeds
 from gankit.data import to_model
+from gankit.data.folder_cache import fits_in_memory, is_memory_mapped
+from gankit.training.augment import random_hflip
 
 WARMUP = 3                  # eager steps before the capture (PyTorch's CUDA graph notes ask for a few)
 GPU_DATA_FRACTION = 0.5     # keep the dataset on the GPU while it takes at most this part of free memory
@@ -56,37 +59,55 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
 
 
 class Batches:
-    """The batches of an in-memory uint8 dataset, in the order of (seed, epoch).
+    """The batches of a uint8 dataset, in the order of (seed, epoch).
 
     `batch(epoch, i)` is batch i of that epoch, scaled to [-1, 1] at the model's size on
     the device; `labels(epoch, i)` the labels (int64) of the same images, when labels were
     given. The last partial batch of an epoch is dropped, so shapes never change (which a
     captured graph needs), and every image is used at most once per epoch.
 
+    Where the images are kept (`placement`): on the device; in pinned host memory when
+    they do not fit a GPU; or, for a memory-mapped dataset (gankit.data.folder_cache) that
+    does not fit host memory either, or with stream=True, where they are, each batch read
+    on the host (from disk, for a mapped one). Every placement gives the same batches.
+    memory_limit: bytes of host memory to assume available (tests, benchmarks).
+
     Under torchrun, `shard` (gankit.distributed.Ranks.shard) cuts each global batch of
     batch_size images down to this rank's part of it."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, *, batch_size: int, seed: int,
-                 image_size: int, device: torch.device, log=None, shard=None):
+                 image_size: int, device: torch.device, log=None, shard=None, stream: bool = False,
+                 memory_limit: int | None = None):
         self.batch_size, self.seed, self.image_size, self.device = batch_size, seed, image_size, device
         self.shard = shard or (lambda indices: indices)
         self.n = len(images)
         self.steps_per_epoch = self.n // batch_size
-        self.streamed = device.type == "cuda" and not fits_on_gpu(images, device)
-        if self.streamed:
+        where = placement(images, device, stream=stream, memory_limit=memory_limit)
+        self.streamed = where != "device"        # batches travel to the device one at a time
+        self.from_disk = where == "host"          # ... gathered from the images where they are
+        if where == "pinned":
             if log:
                 log(f"the dataset ({images.numel() / 2**30:.1f} GiB) does not fit the GPU; "
                     "streaming batches from pinned memory")
             self.images = images.pin_memory()
+        elif where == "host":
+            if log and is_memory_mapped(images) and not stream:
+                log(f"the dataset ({images.numel() / 2**30:.1f} GiB) does not fit in memory; "
+                    "reading each batch from its memory-mapped file")
+            self.images = images
         else:
             self.images = images.to(device)
+        # Batches gathered on the host go to a GPU through pinned memory (an asynchronous copy).
+        self._pin = device.type == "cuda" and self.images.device.type == "cpu"
         # Beside the images, where they are (a few bytes an image): gathered by the same indices.
         self._labels = None
         if labels is not None:
             if len(labels) != self.n:
                 raise ValueError(f"{len(labels)} labels for {self.n} images")
             labels = labels.long()
-            self._labels = labels.pin_memory() if self.streamed else labels.to(device)
+            self._labels = labels.to(self.images.device)
+            if self._pin:
+                self._labels = self._labels.pin_memory()
         self._epoch, self._perm = None, None
 
     def indices(self, epoch: int, i: int) -> torch.Tensor:
@@ -96,19 +117,45 @@ class Batches:
         return self.shard(self._perm[i * self.batch_size:(i + 1) * self.batch_size])
 
     def batch(self, epoch: int, i: int) -> torch.Tensor:
-        batch = self.images[self.indices(epoch, i)]
-        if self.streamed:
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        return to_model(batch, self.image_size)
+        indices = self.indices(epoch, i)
+        batch = gather_in_order(self.images, indices) if self.from_disk else self.images[indices]
+        return to_model(self._to_device(batch), self.image_size)
 
     def labels(self, epoch: int, i: int) -> torch.Tensor:
         """The labels (N,) of batch(epoch, i)'s images, in the same order, on the device."""
         if self._labels is None:
             raise ValueError("these batches were made without labels")
-        labels = self._labels[self.indices(epoch, i)]
-        if self.streamed:
-            labels = labels.pin_memory().to(self.device, non_blocking=True)
-        return labels
+        return self._to_device(self._labels[self.indices(epoch, i)])
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self._pin:
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
+
+def placement(images: torch.Tensor, device: torch.device, *, stream: bool = False,
+              memory_limit: int | None = None) -> str:
+    """Where Batches keeps the images: "device", "pinned" (host memory, pinned, for a GPU
+    they do not fit) or "host" (left where they are, a memory-mapped file included, and
+    each batch gathered from there)."""
+    if stream:
+        return "host"
+    if device.type == "cuda" and fits_on_gpu(images, device):
+        return "device"  # a mapped dataset too, when the GPU holds it: read once, through the page cache
+    if is_memory_mapped(images) and not fits_in_memory(images.numel() * images.element_size(), limit=memory_limit):
+        return "host"    # pinning or copying it would read the whole file into memory it does not fit
+    return "pinned" if device.type == "cuda" else "device"
+
+
+def gather_in_order(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """images[indices], read in increasing index order: from a memory-mapped file, the
+    reads then go forward through it (sequential-ish, read-ahead helps) instead of jumping
+    about; the rows are then put back in the order of `indices`."""
+    order = torch.argsort(indices)
+    rows = images[indices[order]]
+    out = torch.empty_like(rows)
+    out[order] = rows
+    return out
 
 
 def fits_on_gpu(images: torch.Tensor, device: torch.device) -> bool:
@@ -124,8 +171,10 @@ class Stepper:
     0-d metric tensors (with a graph: the same static tensors every time; read or add them
     before the next call)."""
 
-    def __init__(self, task, device: torch.device, *, dtype: torch.dtype | None, graph: bool, log=None):
+    def __init__(self, task, device: torch.device, *, dtype: torch.dtype | None, graph: bool, log=None,
+                 hflip: bool = False):
         self.task, self.device, self.dtype, self.log = task, device, dtype, log
+        self.hflip = hflip  # --hflip: the real images flipped at random, inside the step (and its graph)
         self.graph = graph and device.type == "cuda"
         self.eager_steps = {False: 0, True: 0}
         self._graphs: dict[bool, tuple] = {}  # regularize -> (graph, static inputs, static outputs)
@@ -135,6 +184,8 @@ class Stepper:
 
     def eager(self, *batch: torch.Tensor, regularize: bool = False) -> dict[str, torch.Tensor]:
         # cache_enabled=False: autocast's weight-cast cache must not outlive a graph capture.
+        if self.hflip:
+            batch = (random_hflip(batch[0]), *batch[1:])
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None,
                             cache_enabled=False):
             return self.task.step(*batch, regularize=regularize)

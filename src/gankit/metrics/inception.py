@@ -1,0 +1,482 @@
+"""Judging samples with the field's Inception-v3 features: the numbers papers quote.
+
+Papers quote FID, KID, Inception Score and precision/recall on the pool features of
+Inception-v3 as computed by StyleGAN2-ADA, clean-fid, torch-fidelity and pytorch-fid.
+gankit uses the same network without torchvision: the TorchScript file
+``inception-2015-12-05.pt`` that StyleGAN2-ADA's ``metrics/metric_utils.py`` loads with
+``torch.jit.load`` and clean-fid's ``cleanfid/inception_torchscript.py`` wraps. TorchScript,
+unlike the ``.pkl`` that StyleGAN3 and EDM load with ``pickle.load``, cannot run arbitrary
+Python when it is loaded.
+
+Calling convention (StyleGAN2-ADA metrics/metric_utils.py, frechet_inception_distance.py,
+inception_score.py; StyleGAN3 metrics/metric_utils.py for grayscale)::
+
+    net(images, return_features=True)  -> (N, 2048) float32 pool features
+    net(images, no_output_bias=True)   -> (N, 1008) softmax probabilities, the
+                                          classifier's bias left out, as the original
+                                          Inception Score code did
+
+``images`` are uint8 tensors (N, 3, H, W) in [0, 255] of any size, passed as uint8: the
+network casts them to float, resizes to 299 x 299 bilinearly (emulating TensorFlow's
+resize) and scales to [-1, 1) itself. Grayscale images are repeated to 3 channels before,
+as StyleGAN3 does. The network's second output is already a softmax (the forward ends in
+``softmax(logits)``; StyleGAN2-ADA takes ``np.log`` of it directly), so it is not
+softmaxed again here.
+
+Pipeline::
+
+    weights file --inception_weights--> path --load_feature_network--> net
+    uint8 images --inception_outputs--> features (N, 2048), probabilities (N, 1008)
+    samples, reference --inception_judge--> FID, KID, IS, precision, recall, and the floor
+
+The figures are the pure functions of ``gankit.metrics.quality`` on these features:
+FID and KID against the whole reference set, the Inception-Score formula on the samples'
+probabilities, precision and recall with k = 3 against the reference set.
+
+The floor, beside every figure, says what real images score: the reference set is cut
+once, by a permutation seeded with ``seed`` (``reference_split``), into a *pool* (the
+first floor(M / 2) images of the permutation) and the *rest*. The floor is the same
+figures for the first n images of the pool judged against the rest, n = the number of
+samples (or the pool's size, when there are more samples than that; the floor's "n" says
+which). So the floor's real images are never part of the statistics they are judged
+against, as the MNIST judge judges training images against the test split. The samples
+themselves are judged against the whole reference set, as papers do; the floor's
+reference is half as large, which makes the floor a slightly pessimistic anchor.
+
+What the reference costs (its features, their mean and covariance, the k-NN radii, the
+pool's probabilities, floors by n) is cached under ``cache_dir`` in a file named by a
+hash of the network (its TorchScript code and weights), the reference images (their
+bytes, or a caller's ``reference_key``), the seed and ``REFERENCE_VERSION``. An
+unreadable cache file is computed afresh; a read-only cache only costs time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from gankit.data.mnist import default_data_root, fetch_url
+from gankit.errors import UserError
+from gankit.files import write_atomic
+from gankit.metrics.quality import (
+    PR_K,
+    classifier_score,
+    feature_statistics,
+    frechet_distance,
+    kid,
+    knn_radii,
+    precision_recall,
+)
+
+__all__ = [
+    "WEIGHTS_NAME",
+    "WEIGHTS_URLS",
+    "WEIGHTS_URL",
+    "OFFLINE_ENV",
+    "MIN_SAMPLES",
+    "REFERENCE_VERSION",
+    "default_cache_dir",
+    "inception_weights",
+    "download_weights",
+    "load_feature_network",
+    "network_outputs",
+    "inception_outputs",
+    "reference_split",
+    "reference_statistics",
+    "inception_judge",
+]
+
+#: The file StyleGAN2-ADA and clean-fid load (a TorchScript translation of TensorFlow's
+#: http://download.tensorflow.org/models/image/imagenet/inception-2015-12-05.tgz).
+WEIGHTS_NAME = "inception-2015-12-05.pt"
+#: Where it is published, tried in order. The first is the address in StyleGAN2-ADA's and
+#: clean-fid's code; the second NVIDIA's model registry, where StyleGAN3's metrics live. No
+#: checksum is published, so a download is checked by loading it and running it once
+#: (``_check_network_bytes``).
+WEIGHTS_URLS = (
+    "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/" + WEIGHTS_NAME,
+    "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/" + WEIGHTS_NAME,
+)
+WEIGHTS_URL = WEIGHTS_URLS[0]  # the one error messages name
+#: Set to 1 (or true, yes) to never download the weights (tests, air-gapped machines).
+OFFLINE_ENV = "GANKIT_OFFLINE"
+#: The real file is about 92 MB; a wrong URL must not fill the disk.
+MAX_WEIGHTS_BYTES = 256 << 20
+#: Per connect and per read (urllib's timeout), not for the whole download.
+DOWNLOAD_TIMEOUT_S = 30.0
+#: The fewest samples all figures are defined for: the Inception-Score formula uses 10
+#: splits (quality.IS_SPLITS) and precision/recall need k + 1 = 4 points.
+MIN_SAMPLES = 10
+#: Images per network call; StyleGAN2-ADA uses 64, clean-fid 32 to 128; only memory cares.
+BATCH_SIZE = 200
+REFERENCE_VERSION = 1  # bump when the cached reference is computed differently
+
+Log = Callable[[str], None]
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:300] or type(err).__name__
+
+
+def default_cache_dir() -> Path:
+    """Where the weights and reference statistics live unless the caller says otherwise:
+    ``$GANKIT_DATA/inception`` (gankit's data folder, see ``default_data_root``)."""
+    return default_data_root() / "inception"
+
+
+# --------------------------------------------------------------------------- the weights file
+def _offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def inception_weights(path: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike,
+                      download: bool = True, log: Log | None = None) -> Path:
+    """The path of ``inception-2015-12-05.pt``: ``path`` when given (it must exist), else
+    ``cache_dir / WEIGHTS_NAME`` when present, else that file downloaded from
+    ``WEIGHTS_URLS`` (unless ``download`` is false or $GANKIT_OFFLINE is set). Raises
+    UserError, one line naming the file, its URL and where to put it, when it cannot be had."""
+    if path is not None:
+        explicit = Path(path).expanduser()
+        if not explicit.is_file():
+            raise UserError(f"feature weights {explicit} not found; pass --feature-weights with the path of "
+                            f"{WEIGHTS_NAME} (from {WEIGHTS_URL})")
+        return explicit
+    cached = Path(cache_dir).expanduser() / WEIGHTS_NAME
+    if cached.is_file():
+        return cached
+    if not download:
+        reason = "downloading is turned off"
+    elif _offline():
+        reason = f"{OFFLINE_ENV} is set"
+    else:
+        try:
+            download_weights(cached, log or (lambda message: None))
+            return cached
+        except OSError as err:
+            reason = f"download failed: {_one_line(err)}"
+    raise UserError(f"the Inception-v3 feature network {WEIGHTS_NAME} is needed and missing ({reason}); "
+                    f"download it from {WEIGHTS_URL} and put it at {cached}, or pass --feature-weights PATH")
+
+
+def download_weights(dest: Path, log: Log) -> None:
+    """Fetch the weights to ``dest`` from the first URL of ``WEIGHTS_URLS`` that answers with
+    a working TorchScript network; stored atomically (a temporary file, then os.replace).
+    Raises OSError, one line saying why each URL failed."""
+    failures = []
+    for url in WEIGHTS_URLS:
+        log(f"downloading {url}")
+        try:
+            data = fetch_url(url, max_bytes=MAX_WEIGHTS_BYTES, timeout=DOWNLOAD_TIMEOUT_S)
+        except Exception as err:  # URLError, HTTPError, timeouts, a body too large, a bad URL
+            failures.append(f"{url}: {_one_line(err)}")
+            continue
+        problem = _check_network_bytes(data)
+        if problem:
+            failures.append(f"{url}: {problem}")
+            continue
+        write_atomic(dest, data)
+        log(f"saved {dest} (sha256 {hashlib.sha256(data).hexdigest()})")
+        return
+    raise OSError("; ".join(failures))
+
+
+def _check_network_bytes(data: bytes) -> str | None:
+    """Why ``data`` is not a feature network with the calling convention above, or None.
+    Stands in for the checksum nobody publishes: the file must load as TorchScript and give
+    one feature row for one small image."""
+    try:
+        net = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
+        with torch.no_grad():
+            features = net(torch.zeros(1, 3, 16, 16, dtype=torch.uint8), return_features=True)
+    except Exception as err:  # anything that fails here means "not the network"
+        return f"not a TorchScript feature network ({_one_line(err)})"
+    if not isinstance(features, Tensor) or features.ndim != 2 or features.shape[0] != 1:
+        return "not a TorchScript feature network (return_features=True gave no (1, D) tensor)"
+    return None
+
+
+def load_feature_network(path: str | os.PathLike, device: torch.device | str = "cpu") -> torch.jit.ScriptModule:
+    """The TorchScript network at ``path`` on ``device``, in eval mode. A file that is not a
+    TorchScript module raises UserError (one line)."""
+    try:
+        net = torch.jit.load(str(path), map_location=device)
+    except Exception as err:  # RuntimeError (not a zip / no code), ValueError (no file), ...
+        raise UserError(f"{path} is not a TorchScript module ({_one_line(err)}); replace it with {WEIGHTS_NAME} "
+                        f"from {WEIGHTS_URL}, or pass --feature-weights PATH") from err
+    return net.eval()
+
+
+# --------------------------------------------------------------------------- features
+def _check_images(images, what: str, min_count: int) -> None:
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4 \
+            or images.shape[1] not in (1, 3):
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+        raise UserError(f"{what} must be uint8 images of shape (N, 1 or 3, H, W) in [0, 255]; got {got}")
+    if len(images) < min_count:
+        raise UserError(f"need at least {min_count} {what} images to judge with Inception features, "
+                        f"got {len(images)}")
+
+
+def _network_device(net) -> torch.device:
+    """Where the network's weights are (the CPU for a network without any)."""
+    for tensor in list(net.parameters()) + list(net.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _shortcut_weight(net, batch: Tensor, features: Tensor) -> Tensor | None:
+    """``net.output.weight`` (the real network's classifier, (1008, 2048)) when
+    softmax(features @ weight.T) gives what ``net(batch, no_output_bias=True)`` gives, else None.
+    That is how the real network computes its probabilities, and doing it here from the
+    features saves a second pass through the network per batch, which would double the cost;
+    it is checked on the first batch, so another network falls back to calling itself."""
+    weight = getattr(getattr(net, "output", None), "weight", None)
+    if not isinstance(weight, Tensor) or weight.ndim != 2 or weight.shape[1] != features.shape[1]:
+        return None
+    probs = torch.softmax(F.linear(features, weight), dim=1)
+    expected = net(batch, no_output_bias=True)
+    same = isinstance(expected, Tensor) and expected.shape == probs.shape \
+        and torch.allclose(probs, expected, rtol=1e-4, atol=1e-6)
+    return weight if same else None
+
+
+def _probabilities(net, batch: Tensor, features: Tensor, weight: Tensor | None) -> Tensor:
+    if weight is None:
+        return net(batch, no_output_bias=True)
+    return torch.softmax(F.linear(features, weight), dim=1)
+
+
+def network_outputs(net, images: Tensor, *, batch_size: int = BATCH_SIZE, device=None, progress: bool = False,
+                    desc: str = "Inception features") -> tuple[Tensor, Tensor]:
+    """(features, probabilities) of uint8 images (N, 1 or 3, H, W), as CPU tensors in the
+    network's own dtype (float32 for the real one). Batches go to ``device`` (default: where
+    the network is) as uint8, grayscale repeated to 3 channels (StyleGAN3 metric_utils.py)."""
+    _check_images(images, "input", 1)
+    device = torch.device(device) if device is not None else _network_device(net)
+    batch_size = max(1, int(batch_size))
+    features, probs, weight = [], [], None
+    with torch.no_grad():
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress,
+                          leave=False):
+            batch = images[start:start + batch_size].to(device)
+            if batch.shape[1] == 1:
+                batch = batch.repeat(1, 3, 1, 1)
+            f = net(batch, return_features=True)
+            if not isinstance(f, Tensor) or f.ndim != 2 or f.shape[0] != len(batch):
+                raise UserError("the feature network does not follow StyleGAN2-ADA's calling convention "
+                                f"(return_features=True must give (N, D) features); use {WEIGHTS_NAME}")
+            if start == 0:
+                weight = _shortcut_weight(net, batch, f)
+            features.append(f.cpu())
+            probs.append(_probabilities(net, batch, f, weight).cpu())
+    return torch.cat(features), torch.cat(probs)
+
+
+def inception_outputs(net, images: Tensor, *, batch_size: int = BATCH_SIZE, device=None,
+                      progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, 2048), probabilities (N, 1008)) of uint8 images (N, 1 or 3, H, W), both
+    float64 numpy arrays (exact copies of the float32 values ``network_outputs`` gives)."""
+    features, probs = network_outputs(net, images, batch_size=batch_size, device=device, progress=progress)
+    return features.to(torch.float64).numpy(), probs.to(torch.float64).numpy()
+
+
+# --------------------------------------------------------------------------- figures
+def figures(features, probs, ref_features, ref_radii: Tensor, seed: int, mu=None, sigma=None) -> dict:
+    """FID, KID, Inception Score, precision and recall of (features, probs) against the
+    reference features (their k-NN radii given; their mean and covariance too when known).
+    Each is the quality.py function; ``kid`` is seeded with ``seed``."""
+    if mu is None or sigma is None:
+        mu, sigma = feature_statistics(ref_features)
+    precision, recall = precision_recall(ref_features, features, k=PR_K, real_radii=ref_radii)
+    kid_mean, kid_std = kid(features, ref_features, seed=seed)
+    score, score_std = classifier_score(probs)
+    return {
+        "fid": frechet_distance(*feature_statistics(features), mu, sigma),
+        "kid": kid_mean, "kid_std": kid_std,
+        "inception_score": score, "inception_score_std": score_std,
+        "precision": precision, "recall": recall, "n": len(features),
+    }
+
+
+def reference_split(count: int, seed: int) -> tuple[Tensor, Tensor]:
+    """(pool, rest): indices of a reference set of ``count`` images, cut by a permutation
+    seeded with ``seed``; the pool is its first count // 2 entries, the rest the others.
+    The floor judges the pool's first n images against the rest."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return order[:count // 2], order[count // 2:]
+
+
+def _digest_network(h, net) -> None:
+    """Feed the network's TorchScript code and every weight (name, dtype, shape, bytes) to h."""
+    h.update(str(getattr(net, "code", type(net).__qualname__)).encode())
+    for name, tensor in net.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(f"\0{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
+        h.update(flat.view(torch.uint8).numpy())
+
+
+def _reference_path(cache_dir, net, seed: int, images: Tensor | None, reference_key: str | None) -> Path:
+    h = hashlib.sha256(f"{REFERENCE_VERSION}\0{seed}\0".encode())
+    _digest_network(h, net)
+    if reference_key is not None:
+        h.update(f"\0key\0{reference_key}".encode())
+    else:
+        h.update(f"\0images\0{tuple(images.shape)}\0".encode())
+        h.update(images.detach().cpu().contiguous().numpy())
+    return Path(cache_dir).expanduser() / f"reference-{h.hexdigest()[:24]}.pt"
+
+
+_REFERENCE_KEYS = {"version", "features", "mu", "sigma", "radii", "pool", "rest", "pool_probs", "floors"}
+
+
+def _read_reference(path: Path) -> dict | None:
+    """The cached reference at ``path``, or None when missing, unreadable or of another version."""
+    if not path.is_file():
+        return None
+    try:
+        ref = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # damaged or foreign: computed afresh and rewritten
+        return None
+    if not isinstance(ref, dict) or not _REFERENCE_KEYS <= set(ref) or ref["version"] != REFERENCE_VERSION:
+        return None
+    return ref
+
+
+def _write_reference(path: Path, ref: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(ref, buffer)
+    try:
+        write_atomic(path, buffer.getvalue())
+    except OSError:  # a read-only cache only costs time
+        pass
+
+
+def _compute_reference(net, images: Tensor, seed: int, batch_size: int, device, progress: bool) -> dict:
+    features, probs = network_outputs(net, images, batch_size=batch_size, device=device, progress=progress,
+                                      desc="reference features")
+    mu, sigma = feature_statistics(features)
+    pool, rest = reference_split(len(images), seed)
+    return {
+        "version": REFERENCE_VERSION, "features": features,
+        "mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma), "radii": knn_radii(features, PR_K),
+        "pool": pool, "rest": rest, "pool_probs": probs[pool], "floors": {},
+    }
+
+
+def _add_floor(ref: dict, n: int, seed: int) -> None:
+    """ref["floors"][n]: the figures of the pool's first n images against the rest."""
+    rest = ref["features"][ref["rest"]]
+    if "rest_radii" not in ref:
+        ref["rest_radii"] = knn_radii(rest, PR_K)
+    ref["floors"][n] = figures(ref["features"][ref["pool"][:n]], ref["pool_probs"][:n], rest, ref["rest_radii"],
+                               seed)
+
+
+def reference_statistics(net, reference: Tensor | Callable[[], Tensor], *, seed: int = 0,
+                         cache_dir: str | os.PathLike, reference_key: str | None = None, n_floor: int = 0,
+                         batch_size: int = BATCH_SIZE, device=None, progress: bool = False) -> dict:
+    """What every judgement against ``reference`` compares with, cached (module docstring):
+    "features" (M, D), "mu", "sigma", "radii" (k = 3), the split "pool" / "rest",
+    "pool_probs" and "floors" {n: figures}; with ``n_floor`` > 0, the floor for
+    min(n_floor, pool size) images is in "floors". ``reference`` is a uint8 tensor
+    (M, 1 or 3, H, W), M >= 2 * MIN_SAMPLES, or a function returning one: with a
+    ``reference_key`` it is called only when the cache lacks the reference."""
+    images = None if reference_key is not None else _reference_images(reference)
+    path = _reference_path(cache_dir, net, seed, images, reference_key)
+    ref = _read_reference(path)
+    if ref is not None and (not n_floor or _floor_size(ref, n_floor) in ref["floors"]):
+        return ref
+    if ref is None:
+        images = images if images is not None else _reference_images(reference)
+        ref = _compute_reference(net, images, seed, batch_size, device, progress)
+    if n_floor:
+        _add_floor(ref, _floor_size(ref, n_floor), seed)
+    _write_reference(path, ref)
+    return ref
+
+
+def _floor_size(ref: dict, n_samples: int) -> int:
+    """How many real images the floor for n_samples samples uses: as many, or the whole pool."""
+    return min(int(n_samples), len(ref["pool"]))
+
+
+def _reference_images(reference) -> Tensor:
+    images = reference() if callable(reference) else reference
+    _check_images(images, "reference", 2 * MIN_SAMPLES)
+    return images
+
+
+def inception_judge(samples: Tensor, reference: Tensor | Callable[[], Tensor], *, net, seed: int = 0,
+                    floor: bool = True, cache_dir: str | os.PathLike, reference_key: str | None = None,
+                    progress: bool = False, batch_size: int = BATCH_SIZE, device=None) -> dict:
+    """FID, KID (and kid_std), inception_score (and its std), precision and recall (k = 3)
+    of uint8 ``samples`` (N, 1 or 3, H, W), N >= MIN_SAMPLES, on ``net``'s features against
+    the ``reference`` images (see reference_statistics), with "n", "reference_n" and, when
+    ``floor``, "floor": the same figures for real images, as the module docstring says.
+    ``seed`` seeds KID's subsets and the floor's split. Values agree with
+    gankit.metrics.quality called on inception_outputs' features and probabilities."""
+    _check_images(samples, "sample", MIN_SAMPLES)
+    ref = reference_statistics(net, reference, seed=seed, cache_dir=cache_dir, reference_key=reference_key,
+                               n_floor=len(samples) if floor else 0, batch_size=batch_size, device=device,
+                               progress=progress)
+    features, probs = network_outputs(net, samples, batch_size=batch_size, device=device, progress=progress,
+                                      desc="sample features")
+    result = figures(features, probs, ref["features"], ref["radii"], seed, ref["mu"].numpy(), ref["sigma"].numpy())
+    result["reference_n"] = len(ref["features"])
+    if floor:
+        result["floor"] = dict(ref["floors"][_floor_size(ref, len(samples))])
+    return result
+
+
+# --------------------------------------------------------------------------- gankit eval's judge
+def reference_for(request, size: int, channels: int) -> tuple[Callable[[], Tensor], str]:
+    """(a loader of the real images samples are judged against, how to call them): --reference
+    DIR, decoded as the samples' size and channels (and cached, as a training folder is); else
+    the run's own training images as it trained on them; else the dataset's train split."""
+    import dataclasses
+
+    from gankit.data import load_dataset
+    from gankit.data.folder import load_folder
+    from gankit.runs import load_split
+
+    if request.reference:
+        root = Path(request.reference)
+        return (lambda: load_folder(root, size=size, channels=channels, cache_dir=default_data_root(),
+                                    progress=request.progress).images), f"the images under '{root}'"
+    config = request.config
+    if config is not None and request.dataset == config.dataset:
+        config = dataclasses.replace(config, subset=None, progress=request.progress, data_dir=request.data_dir)
+        return (lambda: load_split(config, "train").images), f"the run's training images ({config.dataset})"
+    return (lambda: load_dataset(request.dataset, split="train", data_dir=request.data_dir,
+                                 progress=request.progress).images), f"{request.dataset}'s training images"
+
+
+def judge_with_inception(images: Tensor, request) -> dict:
+    """`gankit eval --features inception`: the figures papers quote, beside the floor."""
+    import sys
+
+    from gankit.runs import pick_device
+
+    _check_images(images, "sample", MIN_SAMPLES)
+    weights = inception_weights(request.feature_weights, cache_dir=default_cache_dir(),
+                                log=lambda message: print(message, file=sys.stderr))
+    net = load_feature_network(weights, pick_device(request.device))
+    load, name = reference_for(request, images.shape[-1], images.shape[1])
+    result = inception_judge(images.contiguous(), load(), net=net, seed=request.seed, cache_dir=default_cache_dir(),
+                             progress=request.progress)
+    return {**result, "reference": name}
+
+
+def inception_header(result: dict, request) -> str:
+    return (f"{result['n']} samples against {result['reference_n']} real images ({result['reference']}), on "
+            f"Inception-v3 features; floor: {result['floor']['n']} of those real images against the others")
