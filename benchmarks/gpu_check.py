@@ -37,7 +37,7 @@ OPTIONS = {  # TrainConfig settings of each option, as tests/test_gan_options.py
     "hinge": {"loss": "hinge"}, "lsgan": {"loss": "lsgan"}, "sn": {"sn": True, "d_bn": False},
     "r1": {"r1": 1.0, "r1_every": 4}, "diffaugment": {"diffaugment": "color,translation,cutout"},
     "pack": {"pack": 2}, "ttur-d-steps": {"lr_d": 4e-4, "lr_g": 1e-4, "d_steps": 2},
-    "ema": {"ema": 0.999}, "sngan-resnet": {"recipe": "sngan"},
+    "ema": {"ema": 0.999}, "sngan-resnet": {"recipe": "sngan"}, "hflip": {"hflip": True},
 }
 
 
@@ -51,7 +51,7 @@ def losses(graph: bool, steps: int, **settings) -> tuple[list[list[float]], bool
     images = torch.randint(0, 256, (per_step * steps, 1, 32, 32), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(1))
     batches = Batches(images, batch_size=per_step, seed=0, image_size=32, device=device)
-    stepper = Stepper(task, device, dtype=torch.bfloat16, graph=graph, log=print)
+    stepper = Stepper(task, device, dtype=torch.bfloat16, graph=graph, log=print, hflip=config.hflip)
     out = []
     for i in range(steps):
         m = stepper(batches.batch(0, i), regularize=task.regularizes(i))

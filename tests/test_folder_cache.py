@@ -206,6 +206,7 @@ def damage(found, how):
 def test_damaged_cache_is_rebuilt_never_trusted(images, tmp_path, monkeypatch, how):
     cache_dir = tmp_path / "cache"
     first = load(images, cache_dir)
+    first.images = first.images.clone()  # it maps the cache file, which the damage below changes in place
     damage(the_cache(cache_dir), how)
     calls, messages = count_decodes(monkeypatch), []
     same(load(images, cache_dir, log=messages.append), first)

@@ -219,3 +219,23 @@ def test_the_evaluator_points_a_folder_run_to_inception_features(folder_run, cap
     capsys.readouterr()
     assert main(["eval", str(folder_run.path), "--n", "20", "--no-progress"]) == 2
     assert "use --features inception" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("crop", ["center", "none", 108])
+def test_a_jpeg_decoded_at_a_reduced_scale_matches_the_full_decode(tmp_path, crop):
+    """A 178x218 photo-like JPEG (smooth gradients and shapes) for 64x64: decoded at half
+    scale, it differs from the full decode by rounding, not by content."""
+    from PIL import ImageDraw
+
+    from gankit.data.folder import load_image
+
+    picture = Image.fromarray(np.linspace(0, 255, 218 * 178 * 3).reshape(218, 178, 3).astype(np.uint8))
+    ImageDraw.Draw(picture).ellipse((40, 60, 140, 170), fill=(200, 30, 90))
+    picture.save(tmp_path / "face.jpg", quality=90)
+    quick = load_image(tmp_path / "face.jpg", 64, 3, crop).astype(float)
+    full = load_image(tmp_path / "face.jpg", 64, 3, crop, draft=False).astype(float)
+    assert quick.shape == full.shape == (64, 64, 3)
+    assert np.abs(quick - full).mean() < 2.0 and np.percentile(np.abs(quick - full), 99) < 16
+    with Image.open(tmp_path / "face.jpg") as img:
+        img.draft("RGB", (64, 64))
+        assert img.size == (89, 109)  # the scale it decodes at: 1/2

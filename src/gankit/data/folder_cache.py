@@ -29,6 +29,7 @@ import errno
 import hashlib
 import json
 import math
+import mmap
 import os
 import re
 import secrets
@@ -43,7 +44,7 @@ import torch
 
 from gankit.files import TEMP_SUFFIX, fsync_folder, write_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: JPEGs decoded at a reduced scale (folder.load_image's draft)
 IMAGES, MANIFEST = "images.npy", "manifest.json"
 HEADER_BYTES = 128      # the .npy header, padded to a fixed size (numpy aligns data to 64 bytes)
 MIB = 2**20
@@ -312,6 +313,7 @@ def mapped_tensor(array: np.memmap) -> torch.Tensor:
     gankit writes into a dataset's images. mmap_mode="c" (copy-on-write) would make it
     writable, but Linux counts such a mapping as committed memory and refuses one larger
     than memory plus swap, the very case this is for."""
+    advise_random(array)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         tensor = torch.from_numpy(array)
@@ -319,6 +321,18 @@ def mapped_tensor(array: np.memmap) -> torch.Tensor:
         del _MAPPED[address]
     _MAPPED[tensor.untyped_storage().data_ptr()] = weakref.ref(array)  # the tensor keeps the memmap alive
     return tensor
+
+
+def advise_random(array: np.memmap) -> None:
+    """Tell the kernel that the mapping is read at random (a batch's images are anywhere in
+    it): no read-ahead, so the page cache holds the pages batches need rather than the
+    neighbours a sequential reader would want next."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        try:
+            mapping.madvise(mmap.MADV_RANDOM)
+        except OSError:  # advice only: a system that does not take it reads ahead as before
+            pass
 
 
 def is_memory_mapped(tensor) -> bool:
