@@ -57,6 +57,7 @@ import io
 import os
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -128,6 +129,15 @@ def _one_line(err: BaseException) -> str:
     return text[:300] or type(err).__name__
 
 
+def _reason(err: BaseException) -> str:
+    """A failed fetch in a few words: a URLError's reason ("[Errno -2] Name or service not
+    known") without its "<urlopen error ...>" wrapping; an HTTP error as "HTTP Error 404: ..."."""
+    reason = getattr(err, "reason", None)
+    if reason is not None and not hasattr(err, "code"):  # URLError, not its HTTPError subclass
+        err = reason if isinstance(reason, BaseException) else OSError(str(reason))
+    return _one_line(err)[:120]
+
+
 def default_cache_dir() -> Path:
     """Where the weights and reference statistics live unless the caller says otherwise:
     ``$GANKIT_DATA/inception`` (gankit's data folder, see ``default_data_root``)."""
@@ -178,11 +188,11 @@ def download_weights(dest: Path, log: Log) -> None:
         try:
             data = fetch_url(url, max_bytes=MAX_WEIGHTS_BYTES, timeout=DOWNLOAD_TIMEOUT_S)
         except Exception as err:  # URLError, HTTPError, timeouts, a body too large, a bad URL
-            failures.append(f"{url}: {_one_line(err)}")
+            failures.append(f"{urlsplit(url).netloc}: {_reason(err)}")
             continue
         problem = _check_network_bytes(data)
         if problem:
-            failures.append(f"{url}: {problem}")
+            failures.append(f"{urlsplit(url).netloc}: {problem}")
             continue
         write_atomic(dest, data)
         log(f"saved {dest} (sha256 {hashlib.sha256(data).hexdigest()})")
