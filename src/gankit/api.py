@@ -324,6 +324,9 @@ def show(images, nrow: int | None = None) -> Image.Image:
     """uint8 images, (N, H, W) or (N, H, W, 3) as `sample` and `load_data` give them, as one
     grid picture, nrow a row (default: a square)."""
     array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if array.ndim not in (3, 4) or len(array) == 0:
+        raise UserError(f"show takes images of shape (N, H, W) or (N, H, W, 3), got an array of shape "
+                        f"{tuple(array.shape)}; for one image, show(image[None])")
     if array.dtype != np.uint8:
         raise UserError(f"show takes uint8 images (0 to 255), got {array.dtype}; convert with "
                         "((x + 1) * 127.5).round().clip(0, 255).astype('uint8') for images in [-1, 1]")
@@ -358,5 +361,6 @@ def img_tag(image: Image.Image) -> str:
 
 
 def positive(name: str, value) -> None:
+    """An argument of a Run method that counts something (n, rows): a whole number > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise UserError(f"--{name} must be a positive whole number, got {value!r:.20}")
+        raise UserError(f"{name} must be a positive whole number, got {value!r:.20}")
