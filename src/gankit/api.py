@@ -31,7 +31,7 @@ from PIL import Image
 
 from gankit import report, sampling
 from gankit.checkpoint import about, find_checkpoint
-from gankit.config import TrainConfig, check_types
+from gankit.config import TrainConfig
 from gankit.errors import Stopped, UserError
 from gankit.registry import DEFAULT_DATASET, task_class
 from gankit.runs import default_out, load_run, load_split, resume_with
@@ -242,9 +242,7 @@ def config_from(settings: dict) -> TrainConfig:
             hint = f"did you mean {close[0]}? " if close else ""
             raise UserError(f"gankit.train has no setting '{name}'; {hint}help(gankit.train) lists them "
                             "(go on with a run: gankit.load(RUN).resume())")
-    config = TrainConfig(**{k: plain(v) for k, v in settings.items()})
-    check_types(config)
-    return config
+    return TrainConfig(**{k: plain(v) for k, v in settings.items()})
 
 
 def plain(value):

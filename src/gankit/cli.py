@@ -306,28 +306,22 @@ def cmd_eval(args: argparse.Namespace) -> None:
     wants = {"dataset": args.dataset, "data_dir": args.data_dir, "reference": args.reference,
              "feature_weights": args.feature_weights, "device": args.device}
     if target.suffix == ".npz":
-        images = read_samples(target)
-        request = Request(**{**wants, "dataset": args.dataset or DEFAULT_DATASET}, seed=args.seed,
-                          progress=args.progress)
-        result = judge_with(args.features, images, request)
+        dataset = args.dataset or DEFAULT_DATASET
+        request = Request(**{**wants, "dataset": dataset}, seed=args.seed, progress=args.progress)
+        result = judge_with(args.features, read_samples(target), request)
     else:
         loaded = load_run(target, device=args.device)
+        dataset = args.dataset or loaded.config.dataset
         result = judge_run(loaded, n=args.n, seed=args.seed, features=args.features, progress=args.progress, **wants)
-        request = Request(dataset=args.dataset or loaded.config.dataset)
     if args.json:
         print(json.dumps(result))
         return
     floor = result["floor"]
-    print(judge.header(result, request))
+    print(judge.header(result, dataset))
     print(f"  {'metric':<18}{'samples':>12}{'real floor':>12}")
     for label, key, fmt in judge.rows:
         print(f"  {label:<18}{result[key]:>12{fmt}}{floor[key]:>12{fmt}}")
-    if "class_accuracy" in result:  # a conditional run: did each sample come out as its class?
-        print(f"  {'class accuracy':<18}{result['class_accuracy']:>12.3f}{'-':>12}")
-    if "num_classes" in result:
-        print(f"  (modes of {result['num_classes']}; KID ± {result['kid_std']:.5f})")
-    else:
-        print(f"  (KID ± {result['kid_std']:.5f}; Inception Score ± {result['inception_score_std']:.3f})")
+    print(judge.footer(result))
 
 
 def read_samples(target: Path):

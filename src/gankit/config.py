@@ -115,7 +115,9 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None filled in from the model's defaults (for the DCGAN, with
-        its recipe's); explicit values always win."""
+        its recipe's); explicit values always win. Settings of the wrong type are refused
+        first (check_types): the defaults are looked up by them."""
+        check_types(self)
         defaults = task_class(self.model).resolve(self)
         values = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **values)
@@ -143,7 +145,6 @@ def validate(config: TrainConfig) -> None:
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
 
-    check_types(config)
     recipe_settings(config.recipe)  # a VAE's run must not ignore an unknown recipe either
     spec = dataset_spec(config.dataset)
     task = task_class(config.model)
@@ -193,7 +194,7 @@ TYPES = {"int": (numbers.Integral, "a whole number"), "float": (numbers.Real, "a
 
 def check_types(config: TrainConfig) -> None:
     """Refuse a setting of the wrong type (the Python API takes any object; the CLI's parser
-    has already converted its text)."""
+    has already converted its text). TrainConfig.resolved calls it, so every run is checked."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         kinds = [k.strip() for k in str(f.type).split("|")]

@@ -17,7 +17,7 @@ from gankit.data.folder import load_split as load_folder_split
 from gankit.data.mnist import load_idx_split
 from gankit.data.stacked import load_stacked
 from gankit.errors import UserError
-from gankit.metrics.inception import inception_header, judge_with_inception
+from gankit.metrics.inception import inception_footer, inception_header, judge_with_inception
 from gankit.metrics.judge import EVALUATOR, Judge
 from gankit.training.gan import GanTask
 from gankit.training.task import Task
@@ -56,7 +56,7 @@ FEATURES: dict[str, Judge] = {
     # the network's weights file.
     "inception": Judge(judge_with_inception, (
         ("FID", "fid", ".3f"), ("KID", "kid", ".5f"), ("Inception Score", "inception_score", ".3f"),
-        ("precision", "precision", ".3f"), ("recall", "recall", ".3f")), inception_header),
+        ("precision", "precision", ".3f"), ("recall", "recall", ".3f")), inception_header, inception_footer),
 }
 DEFAULT_FEATURES = "evaluator"
 

@@ -477,7 +477,7 @@ def judge_with_inception(images: Tensor, request) -> dict:
 
     from gankit.runs import pick_device
 
-    _check_images(images, "sample", MIN_SAMPLES)
+    _check_images(images, "sample", MIN_SAMPLES)  # inception_judge checks too; here before the weights load
     weights = inception_weights(request.feature_weights, cache_dir=default_cache_dir(),
                                 log=lambda message: print(message, file=sys.stderr))
     net = load_feature_network(weights, pick_device(request.device))
@@ -487,6 +487,10 @@ def judge_with_inception(images: Tensor, request) -> dict:
     return {**result, "reference": name}
 
 
-def inception_header(result: dict, request) -> str:
+def inception_header(result: dict, dataset: str) -> str:
     return (f"{result['n']} samples against {result['reference_n']} real images ({result['reference']}), on "
             f"Inception-v3 features; floor: {result['floor']['n']} of those real images against the others")
+
+
+def inception_footer(result: dict) -> str:
+    return f"  (KID ± {result['kid_std']:.5f}; Inception Score ± {result['inception_score_std']:.3f})"

@@ -134,11 +134,12 @@ class Request:
 class Judge(NamedTuple):
     """A way of judging samples (an entry of gankit.registry.FEATURES): `judge(images, request)`
     gives the figures and "floor"; `rows` are (label, key, format) of `gankit eval`'s table;
-    `header(result, request)` its first line."""
+    `header(result, dataset)` its first line and `footer(result)` the lines under it."""
 
     judge: Callable[[torch.Tensor, Request], dict]
     rows: tuple[tuple[str, str, str], ...]
-    header: Callable[[dict, Request], str]
+    header: Callable[[dict, str], str]
+    footer: Callable[[dict], str]
 
 
 def judge_with_evaluator(images: torch.Tensor, request: Request) -> dict:
@@ -149,15 +150,22 @@ def judge_with_evaluator(images: torch.Tensor, request: Request) -> dict:
                  progress=request.progress, labels=request.labels)
 
 
-def evaluator_header(result: dict, request: Request) -> str:
-    return (f"{result['n']} samples of {request.dataset} against its test split; floor: {result['n']} real "
-            "training images")
+def evaluator_header(result: dict, dataset: str) -> str:
+    return f"{result['n']} samples of {dataset} against its test split; floor: {result['n']} real training images"
+
+
+def evaluator_footer(result: dict) -> str:
+    lines = []
+    if "class_accuracy" in result:  # a conditional run: did each sample come out as its class?
+        lines.append(f"  {'class accuracy':<18}{result['class_accuracy']:>12.3f}{'-':>12}")
+    lines.append(f"  (modes of {result['num_classes']}; KID ± {result['kid_std']:.5f})")
+    return "\n".join(lines)
 
 
 EVALUATOR = Judge(judge_with_evaluator, (
     ("FID", "fid", ".3f"), ("KID", "kid", ".5f"), ("classifier score", "classifier_score", ".3f"),
     ("precision", "precision", ".3f"), ("recall", "recall", ".3f"), ("modes", "modes", "d"),
-    ("KL to uniform", "kl_to_uniform", ".4f")), evaluator_header)
+    ("KL to uniform", "kl_to_uniform", ".4f")), evaluator_header, evaluator_footer)
 
 
 def judge_run(loaded, *, n: int, seed: int = 0, features: str = "evaluator", progress: bool = True,
