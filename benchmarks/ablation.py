@@ -96,15 +96,15 @@ def speed(row: str, args) -> dict:
 
     sys.path.insert(0, str(REPO / "src"))
     from gankit.cli import build_parser
-    from gankit.config import TrainConfig, validate
+    from gankit.config import TrainConfig
+    from gankit.resolve import resolve
     from gankit.runs import pick_device
     from gankit.training.gan import GanTask
     from gankit.training.runner import WARMUP, Stepper, resolve_precision
 
     given = vars(build_parser().parse_args(["train", *ROWS[row], *args.extra]))
     given.pop("command")
-    config = TrainConfig(**given, image_size=32, channels=1).resolved()
-    validate(config)
+    config = resolve(TrainConfig(**given, image_size=32, channels=1))
     device = pick_device("auto")
     torch.manual_seed(0)
     task = GanTask(config, channels=1, device=device)

@@ -22,13 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from gankit.config import TrainConfig  # noqa: E402
+from gankit.resolve import resolve  # noqa: E402
 from gankit.training.gan import GanTask  # noqa: E402
 from gankit.training.runner import Batches, Stepper  # noqa: E402
 
 
 def variant(dtype, compiled: bool, channels_last: bool = True) -> Stepper:
     torch.manual_seed(0)
-    config = TrainConfig(image_size=32, channels=1).resolved()
+    config = resolve(TrainConfig(image_size=32, channels=1))
     task = GanTask(config, channels=1, device=torch.device("cpu"), channels_last=channels_last)
     if compiled:
         task.generator.forward = torch.compile(task.generator.forward)

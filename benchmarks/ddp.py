@@ -32,6 +32,7 @@ import torch.distributed as dist  # noqa: E402
 
 from gankit.config import TrainConfig  # noqa: E402
 from gankit.distributed import Ranks, weights_digest  # noqa: E402
+from gankit.resolve import resolve  # noqa: E402
 from gankit.training.gan import GanTask  # noqa: E402
 from gankit.training.runner import WARMUP, Batches, Stepper, resolve_precision  # noqa: E402
 
@@ -46,7 +47,7 @@ def sync(device: torch.device) -> None:
 def timed_steps(batch: int, device: torch.device, *, graph: bool, steps: int, ranks: Ranks | None = None):
     """(seconds a step, after WARMUP + 2 untimed steps; the task); `batch` is the global batch."""
     torch.manual_seed(0)
-    config = TrainConfig(image_size=SIZE, channels=1, batch_size=batch).resolved()
+    config = resolve(TrainConfig(image_size=SIZE, channels=1, batch_size=batch))
     task = GanTask(config, channels=1, device=device)
     if ranks is not None and ranks.world > 1:
         task.distribute(ranks)
@@ -68,7 +69,7 @@ def timed_steps(batch: int, device: torch.device, *, graph: bool, steps: int, ra
 def traffic() -> dict:
     """What one step sends between ranks: DDP's all-reduce of the fp32 gradients of G and
     D (the step's bulk), beside synchronized BatchNorm's small all-reduces (counted by `ranks`)."""
-    config = TrainConfig(image_size=SIZE, channels=1).resolved()
+    config = resolve(TrainConfig(image_size=SIZE, channels=1))
     task = GanTask(config, channels=1, device=torch.device("cpu"))
     g = sum(p.numel() for p in task.generator.parameters())
     d = sum(p.numel() for p in task.discriminator.parameters())

@@ -21,13 +21,13 @@ import time
 
 import torch
 
-from gankit.data import load_dataset
 from gankit.metrics.evaluator import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
     classify,
     train_evaluator,
 )
+from gankit.registry import load_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from gankit.config import TrainConfig  # noqa: E402
+from gankit.resolve import resolve  # noqa: E402
 from gankit.training.gan import GanTask  # noqa: E402
 from gankit.training.loop import train  # noqa: E402
 from gankit.training.runner import Batches, Stepper  # noqa: E402
@@ -45,7 +46,7 @@ def losses(graph: bool, steps: int, **settings) -> tuple[list[list[float]], bool
     """Per-step (loss_d, loss_g) of `steps` steps from seed 0, and whether a graph ran."""
     device = torch.device("cuda")
     torch.manual_seed(0)
-    config = TrainConfig(image_size=32, channels=1, **settings).resolved()
+    config = resolve(TrainConfig(image_size=32, channels=1, **settings))
     task = GanTask(config, channels=1, device=device)
     per_step = 128 * GanTask.batches_per_step(config)
     images = torch.randint(0, 256, (per_step * steps, 1, 32, 32), dtype=torch.uint8,

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gankit import sampling  # noqa: E402
 from gankit.config import TrainConfig  # noqa: E402
-from gankit.data import load_dataset  # noqa: E402
-from gankit.data.mnist import default_data_root  # noqa: E402
 from gankit.metrics import classify, load_or_train_evaluator, mode_coverage  # noqa: E402
+from gankit.paths import default_data_root  # noqa: E402
+from gankit.registry import load_dataset  # noqa: E402
 from gankit.runs import load_run, resume_state  # noqa: E402
 from gankit.training.loop import train  # noqa: E402
 

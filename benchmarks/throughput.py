@@ -35,6 +35,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from gankit.config import TrainConfig  # noqa: E402
+from gankit.resolve import resolve  # noqa: E402
 from gankit.training.gan import GanTask  # noqa: E402
 from gankit.training.runner import WARMUP, Batches, Stepper, resolve_precision  # noqa: E402
 
@@ -111,8 +112,8 @@ class Gankit:
 
     def __init__(self, images: torch.Tensor, batch_size: int, size: int, device: torch.device, precision: str,
                  graph: bool):
-        config = TrainConfig(image_size=size, channels=1, batch_size=batch_size, precision=precision,
-                             cuda_graph=graph).resolved()
+        config = resolve(TrainConfig(image_size=size, channels=1, batch_size=batch_size, precision=precision,
+                             cuda_graph=graph))
         self.task = GanTask(config, channels=1, device=device)
         self.batches = Batches(images, batch_size=batch_size, seed=0, image_size=size, device=device)
         self.stepper = Stepper(self.task, device, dtype=resolve_precision(precision, device), graph=graph)

@@ -18,7 +18,7 @@ def find_mnist() -> Path:
     the checkout (../shared/data/mnist), else gankit's own data folder, where the first
     `gankit train` keeps it ($GANKIT_DATA or ~/.cache/gankit, then mnist/). Looked up before
     any test points GANKIT_DATA at a temporary folder."""
-    from gankit.data.mnist import default_data_root
+    from gankit.paths import default_data_root
 
     candidates = [Path(p) for p in [os.environ.get("GANKIT_TEST_MNIST")] if p]
     candidates += [REPO.parent / "shared" / "data" / "mnist", default_data_root() / "mnist", default_data_root()]

@@ -261,8 +261,8 @@ def test_show_and_load_data(tmp_path):
 @requires_mnist
 def test_evaluate_gives_the_figures_of_gankit_eval(tmp_path, monkeypatch, capsys):
     import gankit.metrics.judge as judge
-    from gankit.data import load_dataset
     from gankit.metrics.evaluator import train_evaluator
+    from gankit.registry import load_dataset
 
     data = load_dataset("mnist", split="train", data_dir=str(MNIST_DIR))
     small = train_evaluator(data.images[:1024], data.labels[:1024], epochs=1, progress=False)

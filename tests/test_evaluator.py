@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from conftest import MNIST_DIR, mnist_available
-from gankit.data import load_dataset
 from gankit.errors import UserError
 from gankit.metrics import (
     Evaluator,
@@ -21,6 +20,7 @@ from gankit.metrics import (
     train_evaluator,
 )
 from gankit.metrics import evaluator as ev
+from gankit.registry import load_dataset
 
 
 def _load(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:

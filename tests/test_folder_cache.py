@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from gankit.data import folder
-from gankit.data.folder import decode_into, list_images, load_folder, load_image, load_split, parse_crop
+from gankit.data.folder import decode_into, list_images, load_folder, load_image, parse_crop
 from gankit.data.folder_cache import (
     IMAGES,
     MANIFEST,
@@ -22,6 +22,7 @@ from gankit.data.folder_cache import (
 )
 from gankit.distributed import Ranks
 from gankit.errors import UserError
+from gankit.registry import load_dataset
 from gankit.training.runner import Batches
 
 SIZES = [(20, 30), (30, 20), (33, 33), (48, 24), (17, 40), (64, 50)]
@@ -336,13 +337,12 @@ def test_a_mapped_folder_streams_the_same_batches(images, tmp_path):
     assert_same_batches(streamed, Batches(in_memory.images, in_memory.labels, **common))
 
 
-def test_load_split_takes_crop_cache_dir_and_progress(images, tmp_path):
-    data = load_split("train", data_dir=str(images), image_size=16, channels=None, log=[].append, crop="none",
-                      cache_dir=str(tmp_path / "cache"), progress=False, seed=0)
+def test_the_folder_loader_takes_crop_cache_dir_and_progress(images, tmp_path):
+    data = load_dataset("folder", data_dir=str(images), image_size=16, log=[].append, crop="none",
+                        cache_dir=str(tmp_path / "cache"), progress=False)
     same(data, load(images, crop="none"))
     assert the_cache(tmp_path / "cache").is_dir()
-    same(load_split("train", data_dir=str(images), image_size=16, channels=None, log=[].append),
-         load(images))
+    same(load_dataset("folder", data_dir=str(images), image_size=16, log=[].append), load(images))
 
 
 def test_an_interrupted_build_leaves_no_valid_looking_cache(images, tmp_path, monkeypatch):

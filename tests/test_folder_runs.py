@@ -72,7 +72,7 @@ def test_a_folder_bigger_than_memory_is_streamed_and_resumes_exactly(tmp_path, c
 
 
 def test_crops_give_the_network_size_and_differ(tmp_path):
-    from gankit.data import load_dataset
+    from gankit.registry import load_dataset
 
     folder = make_folder(tmp_path / "images", n=4)  # 26x20 images
     seen = {crop: load_dataset("folder", data_dir=str(folder), image_size=16, crop=crop).images
@@ -176,7 +176,7 @@ def test_eval_with_inception_features_judges_against_the_training_folder(folder_
     assert result["features"] == "inception" and result["n"] == 30 and result["reference_n"] == 48
     assert set(result["floor"]) >= {"fid", "kid", "inception_score", "precision", "recall"}
     # The same figures as the library's judge on the same samples and the run's own training images.
-    from gankit.data import load_dataset
+    from gankit.registry import load_dataset
 
     samples = torch.from_numpy(folder_run.sample(30)).permute(0, 3, 1, 2)
     reals = load_dataset("folder", data_dir=folder_run.config.data_dir, image_size=16).images

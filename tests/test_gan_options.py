@@ -10,9 +10,10 @@ from test_training import assert_resume_is_exact
 from torch import nn
 
 from gankit.cli import main
-from gankit.config import TrainConfig, validate
+from gankit.config import TrainConfig
 from gankit.models.dcgan import Discriminator
 from gankit.models.spectral import spectral_norm
+from gankit.resolve import resolve
 from gankit.training import augment
 from gankit.training.gan import RECIPES, GanTask, pack
 from gankit.training.losses import LOSSES, r1_penalty
@@ -105,10 +106,10 @@ def test_r1_against_a_finite_difference_gradient():
 
 
 def test_r1_is_added_lazily_and_its_gradient_reaches_d():
-    config = TrainConfig(image_size=16, width=8, nz=8, r1=10.0, r1_every=4).resolved()
+    config = resolve(TrainConfig(image_size=16, width=8, nz=8, r1=10.0, r1_every=4))
     task = GanTask(config, channels=1, device=torch.device("cpu"))
     assert [task.regularizes(s) for s in range(8)] == [True, False, False, False] * 2
-    plain = GanTask(TrainConfig(image_size=16, width=8, nz=8).resolved(), channels=1, device=torch.device("cpu"))
+    plain = GanTask(resolve(TrainConfig(image_size=16, width=8, nz=8)), channels=1, device=torch.device("cpu"))
     assert not any(plain.regularizes(s) for s in range(20))
     real = torch.rand(8, 1, 16, 16) * 2 - 1
     torch.manual_seed(1)
@@ -173,7 +174,7 @@ def test_packing_shapes_and_a_packed_step():
     packed = pack(x, 4)
     assert packed.shape == (2, 12, 4, 4)
     assert torch.equal(packed[1, 3:6], x[5])  # pack 1 holds images 4..7, in order
-    config = TrainConfig(image_size=16, width=8, nz=8, pack=4).resolved()
+    config = resolve(TrainConfig(image_size=16, width=8, nz=8, pack=4))
     task = GanTask(config, channels=1, device=torch.device("cpu"))
     assert task.discriminator.net[0].in_channels == 4
     metrics = task.step(torch.rand(16, 1, 16, 16) * 2 - 1)
@@ -181,7 +182,7 @@ def test_packing_shapes_and_a_packed_step():
 
 
 def test_d_steps_take_their_own_batches_and_ttur_sets_two_learning_rates():
-    config = TrainConfig(image_size=16, width=8, nz=8, d_steps=3, lr_d=4e-4, lr_g=1e-4).resolved()
+    config = resolve(TrainConfig(image_size=16, width=8, nz=8, d_steps=3, lr_d=4e-4, lr_g=1e-4))
     assert GanTask.batches_per_step(config) == 3
     task = GanTask(config, channels=1, device=torch.device("cpu"))
     assert task.optimizers["discriminator"].param_groups[0]["lr"] == 4e-4
@@ -195,26 +196,26 @@ def test_d_steps_take_their_own_batches_and_ttur_sets_two_learning_rates():
 
 
 def test_recipes_are_data_and_flags_override_them():
-    sngan = TrainConfig(recipe="sngan").resolved()
+    sngan = resolve(TrainConfig(recipe="sngan"))
     assert (sngan.arch, sngan.loss, sngan.sn, sngan.d_bn, sngan.beta1, sngan.beta2, sngan.d_steps) == \
         ("resnet", "hinge", True, False, 0.0, 0.9, 5)
-    assert TrainConfig(recipe="sngan", d_steps=1, loss="bce").resolved().d_steps == 1
-    best = TrainConfig(recipe="dcgan-b64-r1").resolved()
+    assert resolve(TrainConfig(recipe="sngan", d_steps=1, loss="bce")).d_steps == 1
+    best = resolve(TrainConfig(recipe="dcgan-b64-r1"))
     assert (best.batch_size, best.r1, best.r1_every, best.loss, best.edge) == (64, 1.0, 16, "bce", "4x4")
-    assert TrainConfig(recipe="dcgan-b64-r1", batch_size=32).resolved().batch_size == 32
-    assert TrainConfig().resolved().batch_size == 128 == TrainConfig(model="vae").resolved().batch_size
+    assert resolve(TrainConfig(recipe="dcgan-b64-r1", batch_size=32)).batch_size == 32
+    assert resolve(TrainConfig()).batch_size == 128 == resolve(TrainConfig(model="vae")).batch_size
     # An architecture named on the command line brings its published init, unless --init is given.
-    assert TrainConfig(arch="resnet").resolved().init == "xavier"
-    assert TrainConfig(recipe="sngan", arch="dcgan").resolved().init == "normal"
-    assert TrainConfig(arch="resnet", init="pytorch").resolved().init == "pytorch"
+    assert resolve(TrainConfig(arch="resnet")).init == "xavier"
+    assert resolve(TrainConfig(recipe="sngan", arch="dcgan")).init == "normal"
+    assert resolve(TrainConfig(arch="resnet", init="pytorch")).init == "pytorch"
     # The tutorial's and the DCGAN paper's recipes keep their meaning: none of the new options.
     for name in ("tutorial", "dcgan"):
-        c = TrainConfig(recipe=name).resolved()
+        c = resolve(TrainConfig(recipe=name))
         assert (c.arch, c.loss, c.sn, c.d_bn, c.r1, c.d_steps, c.diffaugment, c.pack, c.ema) == \
             ("dcgan", "bce", False, True, 0.0, 1, "none", 1, 0.0)
         assert c.lr_d == c.lr_g == c.lr
     for name in RECIPES:
-        validate(TrainConfig(recipe=name).resolved())
+        resolve(TrainConfig(recipe=name))
 
 
 # Each option, on the tiny fake dataset: runs, resumes exactly, and runs under bf16.
@@ -242,8 +243,7 @@ def test_each_option_steps_under_bf16_autocast(option):
     args = vars(build_parser().parse_args(["train", "--image-size", "16", "--width", "8", "--nz", "8",
                                            "--batch-size", "8", *OPTIONS[option]]))
     args.pop("command")
-    config = TrainConfig(**args).resolved()
-    validate(config)
+    config = resolve(TrainConfig(**args))
     torch.manual_seed(0)
     task = GanTask(config, channels=1, device=torch.device("cpu"))
     real = torch.rand(8 * GanTask.batches_per_step(config), 1, 16, 16) * 2 - 1

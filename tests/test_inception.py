@@ -21,11 +21,17 @@ from gankit.metrics.inception import (
     WEIGHTS_NAME,
     WEIGHTS_URL,
     inception_judge,
-    inception_outputs,
     inception_weights,
     load_feature_network,
+    network_outputs,
     reference_split,
 )
+
+
+def inception_outputs(net, images, **kwargs):
+    """(features, probabilities) as float64 numpy arrays: the reference implementation's inputs."""
+    features, probs = network_outputs(net, images, **kwargs)
+    return features.to(torch.float64).numpy(), probs.to(torch.float64).numpy()
 
 
 class StandIn(nn.Module):

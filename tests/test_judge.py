@@ -11,7 +11,7 @@ import torch
 
 from conftest import MNIST_DIR, requires_mnist
 from gankit.cli import main
-from gankit.data import load_dataset
+from gankit.registry import load_dataset
 
 pytestmark = requires_mnist
 
@@ -96,7 +96,7 @@ def test_training_judges_stacked_mnist_at_the_end(tmp_path, monkeypatch):
 def test_reference_figures_are_cached_and_a_bad_cache_is_rebuilt(tmp_path, monkeypatch):
     import gankit.metrics.judge as judge
     images = load_dataset("mnist", split="train", data_dir=str(MNIST_DIR)).images[:300]
-    first = judge.judge(images, "mnist", str(MNIST_DIR), progress=False)
+    first = judge.score_samples(images, "mnist", str(MNIST_DIR), progress=False)
     cached = list((tmp_path / "data-cache" / "evaluators").glob("reference-*.pt"))
     assert len(cached) == 1
 
@@ -104,14 +104,15 @@ def test_reference_figures_are_cached_and_a_bad_cache_is_rebuilt(tmp_path, monke
         raise AssertionError("the test split's radii were recomputed")
     with monkeypatch.context() as m:
         m.setattr(judge, "knn_radii", boom)
-        again = judge.judge(images, "mnist", str(MNIST_DIR), progress=False)
+        again = judge.score_samples(images, "mnist", str(MNIST_DIR), progress=False)
         assert again["fid"] == first["fid"] and again["floor"] == first["floor"]
-        fewer = judge.judge(images[:200], "mnist", str(MNIST_DIR), progress=False)  # a new floor, same test radii
+        # a new floor, the same test radii
+        fewer = judge.score_samples(images[:200], "mnist", str(MNIST_DIR), progress=False)
         assert fewer["n"] == 200 and fewer["floor"]["fid"] != first["floor"]["fid"]
-        unfloored = judge.judge(images, "mnist", str(MNIST_DIR), progress=False, floor=False)
+        unfloored = judge.score_samples(images, "mnist", str(MNIST_DIR), progress=False, floor=False)
         assert "floor" not in unfloored and unfloored["fid"] == first["fid"]
     cached[0].write_bytes(b"truncated")
-    rebuilt = judge.judge(images, "mnist", str(MNIST_DIR), progress=False)
+    rebuilt = judge.score_samples(images, "mnist", str(MNIST_DIR), progress=False)
     assert rebuilt["fid"] == first["fid"] and rebuilt["floor"] == first["floor"]
 
 
@@ -122,13 +123,13 @@ def test_class_accuracy_is_the_share_classified_as_the_asked_for_class(small_eva
     from gankit.metrics.evaluator import classify
     real = load_dataset("mnist", split="test", data_dir=str(MNIST_DIR))
     images, labels = real.images[:500], real.labels[:500]
-    right = judge.judge(images, "mnist", str(MNIST_DIR), progress=False, floor=False, labels=labels)
+    right = judge.score_samples(images, "mnist", str(MNIST_DIR), progress=False, floor=False, labels=labels)
     shuffled = labels[torch.randperm(500, generator=torch.Generator().manual_seed(0))]
-    wrong = judge.judge(images, "mnist", str(MNIST_DIR), progress=False, floor=False, labels=shuffled)
+    wrong = judge.score_samples(images, "mnist", str(MNIST_DIR), progress=False, floor=False, labels=shuffled)
     probs, _ = classify(small_evaluator, images)
     assert right["class_accuracy"] == pytest.approx((probs.argmax(1) == labels).float().mean().item())
     assert right["class_accuracy"] > 0.85 and wrong["class_accuracy"] < 0.3
-    assert "class_accuracy" not in judge.judge(images, "mnist", str(MNIST_DIR), progress=False, floor=False)
+    assert "class_accuracy" not in judge.score_samples(images, "mnist", str(MNIST_DIR), progress=False, floor=False)
 
 
 def test_a_conditional_run_is_judged_on_its_classes(tmp_path, capsys, monkeypatch):

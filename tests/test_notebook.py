@@ -36,8 +36,8 @@ def import_or_need(name: str):
 def data_folder(root):
     """A gankit data root holding links to the real MNIST files and a small cached evaluator
     under the key of the full training set, where the judge will look for it."""
-    from gankit.data import load_dataset
     from gankit.metrics.evaluator import evaluator_path, train_evaluator
+    from gankit.registry import load_dataset
 
     (root / "mnist").mkdir(parents=True)
     for name in MNIST_FILES:

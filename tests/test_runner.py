@@ -145,9 +145,10 @@ def test_bf16_steps_report_fp32_metrics():
     """Under bf16 autocast every metric of a step is fp32, so an epoch's mean is right: a
     bf16 running sum stops growing once it reaches 256."""
     from gankit.config import TrainConfig
+    from gankit.resolve import resolve
     from gankit.training.gan import GanTask
 
-    config = TrainConfig(image_size=16, channels=1, width=8, nz=8).resolved()
+    config = resolve(TrainConfig(image_size=16, channels=1, width=8, nz=8))
     task = GanTask(config, channels=1, device=torch.device("cpu"))
     stepper = Stepper(task, torch.device("cpu"), dtype=torch.bfloat16, graph=False)
     out = stepper(torch.rand(4, 1, 16, 16) * 2 - 1)

@@ -15,6 +15,7 @@ import torch
 
 from gankit.config import TrainConfig
 from gankit.registry import DATASETS, MODELS
+from gankit.resolve import resolve
 from gankit.training.losses import LOSSES
 from gankit.training.task import Task
 
@@ -31,7 +32,9 @@ def own_module(entry) -> Path:
 
 
 def allowed_files() -> set[Path]:
-    files = {SRC / "registry.py", SRC / "training" / "task.py"}  # task.py: the "fake" grid's name
+    # task.py: the "fake" grid's name; config.py: the defaults, names as plain strings (the
+    # test below holds them to names the tables know).
+    files = {SRC / "registry.py", SRC / "training" / "task.py", SRC / "config.py"}
     files |= {own_module(task) for task in MODELS.values()}
     files |= {own_module(spec.load) for spec in DATASETS.values()}
     return {f.resolve() for f in files}
@@ -48,6 +51,16 @@ def test_only_the_registries_and_their_own_modules_name_models_and_datasets():
     allowed = allowed_files()
     hits = {str(p.relative_to(SRC)): name_literals(p) for p in sorted(SRC.rglob("*.py")) if p.resolve() not in allowed}
     assert {file: found for file, found in hits.items() if found} == {}
+
+
+def test_the_default_settings_name_entries_of_the_tables():
+    import dataclasses
+
+    from gankit.registry import CHOICES
+
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in CHOICES and f.default is not None:
+            assert f.default in CHOICES[f.name], f.name
 
 
 def test_the_explorer_page_takes_the_model_from_the_server():
@@ -89,7 +102,7 @@ def test_every_registered_model_keeps_the_task_protocol(name):
     # What the base class cannot know: the model's own step, sampler, pictures and metrics.
     assert {"title", "maker", "step", "generate", "sampler", "pictures", "build_sampler", "metric_names", "defaults",
             "modules", "optimizers", "distribute"} <= overridden
-    config = TrainConfig(model=name, dataset="fake", image_size=16, width=8, nz=8, latent_dim=4).resolved()
+    config = resolve(TrainConfig(model=name, dataset="fake", image_size=16, width=8, nz=8, latent_dim=4))
     config.channels = 1
     task = cls(config, channels=1, device=torch.device("cpu"), native_size=16)
     sampler_only = cls(config, channels=1, device=torch.device("cpu"), native_size=16, optimizers=False)
@@ -110,3 +123,54 @@ def test_every_loss_rewards_telling_real_from_fake(name):
     fooled = loss.d(torch.full((8,), -5.0), torch.full((8,), 5.0))
     assert confident.ndim == 0 and confident < fooled
     assert loss.g(torch.full((8,), 5.0)) < loss.g(torch.full((8,), -5.0))  # G gains when D calls fakes real
+
+
+# --- one source for every training flag ---------------------------------------------------------
+def train_actions():
+    from gankit.cli import build_parser
+
+    parser = build_parser()
+    train = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "train")[1]
+    return train, [a for a in train._actions if a.dest not in ("help", "resume")]
+
+
+def test_every_setting_has_exactly_one_train_flag_with_its_default_and_help():
+    import dataclasses
+
+    _, actions = train_actions()
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert sorted(a.dest for a in actions) == sorted(fields)  # one flag a field, no flag without one
+    for action in actions:
+        f = fields[action.dest]
+        assert f"--{f.name.replace('_', '-')}" in action.option_strings
+        assert action.help.startswith(f.metadata["doc"]) and f"(default: {f.default}" in action.help
+
+
+# Names that are also plain English, which a scan of prose cannot tell from a name; every
+# other name of the tables below is looked for.
+ORDINARY_WORDS = {"folder", "fake", "tutorial", "hinge", "normal", "auto"}
+
+
+def test_train_help_names_only_what_the_tables_hold():
+    import re
+
+    from gankit.registry import CHOICES
+
+    train, actions = train_actions()
+    names = {name for table in ("model", "dataset", "loss", "recipe", "arch", "init") for name in CHOICES[table]}
+    for action in actions:
+        doc = TrainConfig.__dataclass_fields__[action.dest].metadata["doc"]
+        words = set(re.findall(r"[a-z0-9][a-z0-9-]*[a-z0-9]", doc))
+        assert words & (names - ORDINARY_WORDS) == set(), action.dest  # a name in prose goes stale
+        if action.dest in CHOICES:  # the choices shown are the table's, whatever it holds today
+            assert action.metavar == "{" + ",".join(CHOICES[action.dest]) + "}"
+    text = train.format_help()
+    for shown in re.findall(r"\{([^{}]+)\}", text):
+        assert set(shown.split(",")) in [set(c) for c in CHOICES.values()], shown
+
+
+def test_the_name_scan_sees_a_stale_name():
+    import re
+
+    stale = "GAN architecture: dcgan (the tutorial's) or resnet"
+    assert set(re.findall(r"[a-z0-9][a-z0-9-]*[a-z0-9]", stale)) >= {"dcgan", "resnet"}

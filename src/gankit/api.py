@@ -33,8 +33,12 @@ from gankit import report, sampling
 from gankit.checkpoint import about, find_checkpoint
 from gankit.config import TrainConfig
 from gankit.errors import Stopped, UserError
-from gankit.registry import DEFAULT_DATASET, task_class
+from gankit.export import export_run
+from gankit.metrics.judge import judge_run
+from gankit.registry import load_dataset, task_class
 from gankit.runs import default_out, load_run, load_split, resume_with
+from gankit.training.loop import real_images
+from gankit.training.loop import train as loop_train
 from gankit.training.signals import signal_name
 from gankit.training.task import FAKE_GRID
 
@@ -126,8 +130,6 @@ class Run:
         if path.is_file():
             with Image.open(path) as image:
                 return image.copy()
-        from gankit.training.loop import real_images
-
         config = self.config
         return picture(sampling.grid(real_images(load_split(config, "train"), config.seed), nrow=8))
 
@@ -173,8 +175,6 @@ class Run:
         class accuracy); "inception": Inception-v3, the figures papers quote, against the run's
         training images or the folder `reference`, with the network file `feature_weights`
         (default: gankit's cache)."""
-        from gankit.metrics.judge import judge_run
-
         positive("n", n)
         return judge_run(self.loaded(device), n=n, seed=seed, features=features, progress=progress,
                          reference=plain(reference), feature_weights=plain(feature_weights), device=device)
@@ -199,8 +199,6 @@ class Run:
     def export(self, path: str | os.PathLike, format: str | None = None) -> dict:
         """Write the generator alone, as `gankit export` does (format from the suffix:
         .safetensors or .onnx); returns the metadata written with it."""
-        from gankit.export import export_run
-
         return export_run(self.path, Path(path), format)
 
     # --- in Jupyter -------------------------------------------------------------------------
@@ -258,8 +256,6 @@ def train_config(config: TrainConfig, state: dict | None) -> Run:
     """Train from scratch (state None) or go on from a checkpoint's state; the Run it made.
     A stop request (SIGINT: Ctrl+C, a notebook's stop button) ends the step and saves; an
     interrupt that cannot wait (a second one) leaves the last checkpoint, which is exact too."""
-    from gankit.training.loop import train as loop_train
-
     try:
         return Run(loop_train(config, resume=state, log=say))
     except Stopped as e:
@@ -308,12 +304,10 @@ def load(path: str | os.PathLike, device: str = "cpu") -> Run:
 
 
 # --- data and pictures ------------------------------------------------------------------------
-def load_data(dataset: str = DEFAULT_DATASET, split: str = "train", data_dir: str | None = None,
+def load_data(dataset: str = TrainConfig.dataset, split: str = "train", data_dir: str | None = None,
               ) -> tuple[np.ndarray, np.ndarray]:
     """A dataset as gankit trains on it: (images, labels), uint8 (N, H, W) or (N, H, W, 3) and
     int64 (N,) (-1 where unlabelled). MNIST is fetched on first use, as by `gankit train`."""
-    from gankit.data import load_dataset
-
     data = load_dataset(dataset, split=split, data_dir=plain(data_dir))
     return sampling.to_array(data.images), data.labels.numpy()
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gankit.registry import task_class
+
 FOLDER = "tensorboard"
 
 # The figures the HPARAMS tab shows beside each run's settings: the last value of each tag,
@@ -60,8 +62,6 @@ class Board:
         """The settings this run goes on with (a resume may change some), and the real images once."""
         if self.writer is None:
             return
-        from gankit.registry import task_class
-
         tags = (*task_class(config["model"]).hparam_tags, *EVAL_TAGS)
         text = json.dumps(config, indent=2)
         with self._writing() as w:

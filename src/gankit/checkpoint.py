@@ -27,9 +27,9 @@ from typing import NamedTuple
 
 import torch
 
-import gankit
 from gankit.errors import UserError
 from gankit.files import write_atomic
+from gankit.version import __version__
 
 LAST = "last.pt"
 PREV = "prev.pt"
@@ -51,7 +51,7 @@ def make_state(config, task, *, step: int, dataset_size: int, native_size: int, 
                epoch_sums: dict, weights_digest: str | None = None) -> dict:
     """The checkpoint of a task at `step` (the module docstring lists the keys)."""
     state = {
-        "gankit_version": gankit.__version__,
+        "gankit_version": __version__,
         "kind": config.model,
         "config": config.to_dict(),
         "step": step,
@@ -133,16 +133,6 @@ def about(state: dict) -> About:
 def digest(state: dict) -> str:
     """states_digest of a checkpoint's modules: it changes whenever the weights do."""
     return states_digest(state["modules"])
-
-
-def resume_config(state: dict, where: Path):
-    """The TrainConfig a checkpoint was trained with."""
-    from gankit.config import TrainConfig
-
-    try:
-        return TrainConfig.from_dict(state["config"])
-    except TypeError as e:
-        raise UserError(f"checkpoint in '{where}' has an unreadable config ({e})") from None
 
 
 SHAPE_SETTINGS = ("model", "arch", "image_size", "channels", "nz", "latent_dim", "width", "edge", "d_input_bn",

@@ -7,23 +7,36 @@ code 2, with no traceback (gankit.errors.UserError).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
 import sys
+import time
 from pathlib import Path
 
-from gankit import __version__
-from gankit.config import PRECISIONS, TrainConfig
+import numpy as np
+
+from gankit import sampling
+from gankit.config import TrainConfig
 from gankit.errors import GankitError, UserError
-from gankit.registry import (
-    DATASETS,
-    DEFAULT_DATASET,
+from gankit.export import export_run
+from gankit.metrics.evaluator import classify, evaluator_path
+from gankit.metrics.judge import (
     DEFAULT_FEATURES,
-    DEFAULT_MODEL,
     FEATURES,
-    MODELS,
-    evaluator_datasets,
+    Request,
+    evaluator_cache,
+    evaluator_for,
+    feature_judge,
+    judge_run,
+    judge_with,
 )
-from gankit.training.gan import ARCHS, DEFAULT_RECIPE, EDGES, INITS, RECIPES
-from gankit.training.losses import DEFAULT_LOSS, LOSSES
+from gankit.registry import CHOICES, evaluator_datasets, flag, load_dataset, model_defaults
+from gankit.runs import load_run, resume_with
+from gankit.serve import serve
+from gankit.training.loop import train
+from gankit.training.nll import evaluate_nll
+from gankit.version import __version__
 
 
 class Parser(argparse.ArgumentParser):
@@ -52,10 +65,29 @@ def port_number(text: str) -> int:
 
 
 def one_of(choices) -> str:
-    """The metavar of a train flag with fixed choices: `{a,b,c}`, as argparse writes them. The
-    values are checked by gankit.config.validate, so that the CLI and the Python API refuse
-    a bad value with the same message."""
+    """The metavar of a flag with fixed choices: `{a,b,c}`, as argparse writes them."""
     return "{" + ",".join(map(str, choices)) + "}"
+
+
+# How a TrainConfig annotation becomes a flag: the text's converter (bool: --x / --no-x).
+CONVERTERS = {"int": int, "float": float, "str": str}
+
+
+def add_setting(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
+    """The `gankit train` flag of one TrainConfig field: its name, type, default and help
+    are the field's (config.setting), the choices of a name-valued one the table's. Values
+    are checked by gankit.resolve, so the CLI and the API refuse a value with one message."""
+    kinds = [k.strip() for k in str(f.type).split("|") if k.strip() != "None"]
+    default = f.default
+    shown = f"default: {default}"
+    if default is None and model_defaults(f.name):
+        shown += f"; the model's: {model_defaults(f.name)}"
+    extra = {"metavar": one_of(CHOICES[f.name])} if f.name in CHOICES else {}
+    if kinds == ["bool"]:
+        extra = {"action": argparse.BooleanOptionalAction}
+    else:
+        extra["type"] = CONVERTERS[kinds[0]] if len(kinds) == 1 else str  # str | int: the text, parsed later
+    parser.add_argument(flag(f.name), help=f"{f.metadata['doc']} ({shown})", **extra)
 
 
 def build_parser() -> Parser:
@@ -65,76 +97,11 @@ def build_parser() -> Parser:
 
     t = sub.add_parser("train", help="train a model (default: the tutorial's DCGAN on MNIST)",
                        argument_default=argparse.SUPPRESS,
-                       description="Train a model. Defaults: DCGAN, MNIST, 10 epochs, batch 128.")
-    t.add_argument("--resume", metavar="RUN", help="go on with the run in this folder")
-    t.add_argument("--dataset", metavar=one_of(tuple(DATASETS)), help=f"default: {DEFAULT_DATASET}")
-    t.add_argument("--data-dir", help="where the data is (default: $GANKIT_DATA, else ~/.cache/gankit)")
-    t.add_argument("--image-size", type=int, help="network size: 16, 32, 64 or 128 "
-                   "(default: 32 for 28x28 data, padded; 64 for folders)")
-    t.add_argument("--channels", type=int, metavar=one_of((1, 3)), help="1 grayscale or 3 RGB (default: from the data)")
-    t.add_argument("--subset", type=int, metavar="N", help="train on the first N training images only (a quick "
-                   "look; default: all)")
-    t.add_argument("--crop", metavar="center|none|PIXELS", help="folders: the centre square (default), the whole "
-                   "image squeezed to a square, or a centre crop of PIXELS x PIXELS, before resizing")
-    t.add_argument("--cache-dir", help="folders: where the decoded images are cached (default: the data root, "
-                   "under folders/)")
-    t.add_argument("--hflip", action="store_true", help="flip each training image left-right with probability "
-                   "1/2, on the training device")
-    t.add_argument("--fake-size", type=int, help="images in the fake dataset (default: 1024)")
-    t.add_argument("--model", metavar=one_of(tuple(MODELS)), help=f"default: {DEFAULT_MODEL}; vae is convolutional, "
-                   "vae-mlp the classic 784-400-20")
-    t.add_argument("--latent-dim", type=int, help="VAE latent size (default: vae 32, vae-mlp 20)")
-    t.add_argument("--recipe", metavar=one_of(tuple(RECIPES)), help=f"GAN recipe (default: {DEFAULT_RECIPE}); "
-                   "dcgan-b64-r1: the best measured at 10 epochs (docs/results.md); tutorial = the text taken "
-                   "literally")
-    t.add_argument("--loss", metavar=one_of(tuple(LOSSES)), help=f"GAN loss (default: {DEFAULT_LOSS}, the tutorial's; "
-                   "hinge: SNGAN's; lsgan: least squares)")
-    t.add_argument("--arch", metavar=one_of(tuple(ARCHS)), help="GAN architecture: dcgan (the tutorial's, default) or "
-                   "resnet (SNGAN's)")
-    t.add_argument("--sn", action=argparse.BooleanOptionalAction, help="spectral normalization in D")
-    t.add_argument("--d-bn", action=argparse.BooleanOptionalAction, help="BatchNorm in D's hidden blocks "
-                   "(dcgan arch; default on, off in the SN recipes)")
-    t.add_argument("--r1", type=float, metavar="GAMMA", help="R1 penalty on reals with this weight (e.g. 1; "
-                   "default 0: off)")
-    t.add_argument("--r1-every", type=int, metavar="K", help="apply R1 every K steps, scaled by K "
-                   "(default: 16)")
-    t.add_argument("--lr-d", type=float, help="D's learning rate (default: --lr)")
-    t.add_argument("--lr-g", type=float, help="G's learning rate (default: --lr)")
-    t.add_argument("--d-steps", type=int, help="D updates per G update, each on its own batch (default: 1)")
-    t.add_argument("--diffaugment", metavar="POLICY", help="DiffAugment for all D sees: a comma-separated list of "
-                   "color, translation, cutout, or none (default)")
-    t.add_argument("--pack", type=int, metavar="M", help="PacGAN: D judges M samples at once (default: 1)")
-    t.add_argument("--nz", type=int, help="length of z (default: 100)")
-    t.add_argument("--width", type=int, help="base width of the conv nets (default: dcgan 64, vae 32)")
-    t.add_argument("--init", metavar=one_of(INITS), help="weight init (overrides the recipe)")
-    t.add_argument("--d-input-bn", action=argparse.BooleanOptionalAction,
-                   help="BatchNorm on D's first block (overrides the recipe)")
-    t.add_argument("--edge", metavar=one_of(EDGES), help="G's first and D's last layer (overrides the recipe)")
-    t.add_argument("--conditional", action="store_true", help="dcgan: feed the class label to G and D "
-                   "(labelled data only; `sample --class K` then draws class K)")
-    t.add_argument("--lr", type=float, help="Adam learning rate (default: dcgan 2e-4, VAEs 1e-3)")
-    t.add_argument("--beta1", type=float, help="Adam beta1 (default: dcgan 0.5, VAEs 0.9)")
-    t.add_argument("--beta2", type=float, help="Adam beta2 (overrides the recipe)")
-    t.add_argument("--ema", type=float, help="sample from a moving average of G's weights with this decay, "
-                   "e.g. 0.999 (default: 0, off)")
-    t.add_argument("--batch-size", type=int, help="images a batch (default: 128, or the recipe's)")
-    t.add_argument("--epochs", type=int, help="epochs in total, counted from the run's start (default: 10)")
-    t.add_argument("--max-steps", type=int, help="stop after this many steps in total")
-    t.add_argument("--seed", type=int, help="default: 0")
-    t.add_argument("--device", help="auto, cpu or cuda (default: auto)")
-    t.add_argument("--precision", metavar=one_of(PRECISIONS), help="auto (default): bf16 autocast on "
-                   "hardware with native bf16 (recent GPUs, CPUs with AMX or AVX512-BF16), else fp32")
-    t.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction,
-                   help="on CUDA, replay the whole step from one captured graph (default: on)")
-    t.add_argument("--out", help="run folder (default: runs/<model>-<dataset>, numbered when taken)")
-    t.add_argument("--save-every", help="checkpoint every N steps (500) or N minutes (10m); 0: epoch ends "
-                   "only (default: 10m)")
-    t.add_argument("--eval-every", type=int, help="judge samples (FID, KID, modes, ...) every E epochs and at "
-                   "the end; 0: never (default: at the end; mnist, fashion-mnist, stacked-mnist)")
-    t.add_argument("--stacked-size", type=int, help="images in stacked-mnist (default: 60000)")
-    t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    t.add_argument("--tensorboard", action=argparse.BooleanOptionalAction,
-                   help="log to RUN/tensorboard for `tensorboard --logdir runs` (default: on)")
+                       description=f"Train a model (default: --model {TrainConfig.model} on --dataset "
+                       f"{TrainConfig.dataset}, {TrainConfig.epochs} epochs). Every setting of gankit.train is a flag.")
+    t.add_argument("--resume", metavar="RUN", help="go on with the run in this folder (or its checkpoint file)")
+    for f in dataclasses.fields(TrainConfig):
+        add_setting(t, f)
 
     s = sub.add_parser("sample", help="generate images from a trained run")
     s.add_argument("run", help="run folder (or a checkpoint file)")
@@ -164,9 +131,9 @@ def build_parser() -> Parser:
 
     j = sub.add_parser("eval", help="judge samples: FID, KID, classifier score, precision/recall, modes")
     j.add_argument("target", help="a run folder, or a .npz from `gankit sample`")
-    j.add_argument("--features", default=DEFAULT_FEATURES, metavar=one_of(FEATURES), help="evaluator (default): "
-                   "gankit's own MNIST classifier, offline; inception: Inception-v3, the figures papers quote, "
-                   "for any images")
+    j.add_argument("--features", default=DEFAULT_FEATURES, metavar=one_of(FEATURES), help="whose features judge "
+                   f"(default: {DEFAULT_FEATURES}): gankit's own MNIST classifier, offline, or Inception-v3, the "
+                   "figures papers quote, for any images (docs/usage.md)")
     j.add_argument("--reference", metavar="DIR", help="inception: a folder of real images to judge against "
                    "(default: the run's training images)")
     j.add_argument("--feature-weights", metavar="PATH", help="inception: the network file inception-2015-12-05.pt "
@@ -185,8 +152,8 @@ def build_parser() -> Parser:
                          description="Train the evaluator (a small CNN) on the train split and cache it, keyed "
                          "by a hash of the data and its architecture; then report its test accuracy. "
                          "Commands that judge samples do this on first use.")
-    vt.add_argument("--dataset", choices=evaluator_datasets(), default=DEFAULT_DATASET,
-                    help=f"default: {DEFAULT_DATASET} (other judged datasets borrow one of these)")
+    vt.add_argument("--dataset", choices=evaluator_datasets(), default=TrainConfig.dataset,
+                    help=f"default: {TrainConfig.dataset} (other judged datasets borrow one of these)")
     vt.add_argument("--data-dir", help="where the data is (default: $GANKIT_DATA, else ~/.cache/gankit)")
     vt.add_argument("--json", action="store_true", help="print one JSON object")
     vt.add_argument("--no-progress", dest="progress", action="store_false")
@@ -213,9 +180,6 @@ def build_parser() -> Parser:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from gankit.runs import resume_with
-    from gankit.training.loop import train
-
     given = vars(args).copy()
     given.pop("command")
     run = given.pop("resume", None)
@@ -227,9 +191,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from gankit import sampling
-    from gankit.runs import load_run
-
     if args.interpolate:
         cmd_sample_walk(args)
         return
@@ -258,9 +219,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_sample_walk(args: argparse.Namespace) -> None:
     """`sample --interpolate`: walks from one random z to another, as a PNG grid and a GIF."""
-    from gankit import sampling
-    from gankit.runs import load_run
-
     if args.grid:
         raise UserError("--interpolate writes a PNG and a GIF named by --out; drop --grid")
     target = Path(args.out or "walk.png")
@@ -284,8 +242,6 @@ def cmd_sample_walk(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from gankit.export import export_run
-
     meta = export_run(Path(args.run), Path(args.out), args.format)
     size, native = meta["image_size"], meta["native_size"]
     note = f"; crop {meta['crop']} px a side for {native}x{native}" if meta["crop"] else ""
@@ -295,18 +251,13 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    import json
-
-    from gankit.metrics.judge import Request, judge_run, judge_with
-    from gankit.registry import feature_judge
-    from gankit.runs import load_run
 
     target = Path(args.target)
     judge = feature_judge(args.features)
     wants = {"dataset": args.dataset, "data_dir": args.data_dir, "reference": args.reference,
              "feature_weights": args.feature_weights, "device": args.device}
     if target.suffix == ".npz":
-        dataset = args.dataset or DEFAULT_DATASET
+        dataset = args.dataset or TrainConfig.dataset
         request = Request(**{**wants, "dataset": dataset}, seed=args.seed, progress=args.progress)
         result = judge_with(args.features, read_samples(target), request)
     else:
@@ -326,9 +277,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def read_samples(target: Path):
     """The images of a `gankit sample` .npz, uint8 (N, C, H, W); UserError when it is not one."""
-    import numpy as np
 
-    from gankit import sampling
 
     if not target.is_file():
         raise UserError(f"'{target}' does not exist; write one with `gankit sample RUN --out {target}`")
@@ -341,12 +290,6 @@ def read_samples(target: Path):
 
 
 def cmd_evaluator(args: argparse.Namespace) -> None:
-    import json
-    import time
-
-    from gankit.data import load_dataset
-    from gankit.metrics.evaluator import classify, evaluator_path
-    from gankit.metrics.judge import evaluator_cache, evaluator_for
 
     train = load_dataset(args.dataset, split="train", data_dir=args.data_dir)
     path = evaluator_path(train.images, train.labels, evaluator_cache())
@@ -367,8 +310,6 @@ def cmd_evaluator(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from gankit.serve import serve
-
     try:
         serve(Path(args.run), host=args.host, port=args.port, device=args.device)
     except KeyboardInterrupt:  # Ctrl+C before it served (while serving, werkzeug takes it and returns)
@@ -377,9 +318,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_nll(args: argparse.Namespace) -> None:
-    import json
-
-    from gankit.training.nll import evaluate_nll
 
     result = evaluate_nll(Path(args.run), k=args.k, n=args.n, seed=args.seed, device=args.device,
                           progress=args.progress)
@@ -393,8 +331,6 @@ def cmd_eval_nll(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     # Under torchrun every rank meets the same errors; rank 0 alone says them.
     say = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)
     parser = build_parser()

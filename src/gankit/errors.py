@@ -39,3 +39,10 @@ class Stopped(GankitError):
         super().__init__(message)
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception as one line of at most `limit` characters (its type when it has no text),
+    for messages that quote what went wrong underneath."""
+    text = " ".join(str(err).split())
+    return text[:limit] or type(err).__name__

@@ -28,14 +28,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import gankit
 from gankit.checkpoint import about
 from gankit.config import TrainConfig
+from gankit.data import border
 from gankit.errors import UserError
 from gankit.files import write_atomic
 from gankit.models import eval_mode
 from gankit.registry import task_class
-from gankit.runs import load_run
+from gankit.runs import load_run, saved_config
+from gankit.version import __version__
 
 FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx"}
 ONNX_OPSET = 17  # ONNX Runtime 1.12+ and onnxruntime-web run it
@@ -45,13 +46,11 @@ INSTALL_HINT = "pip install 'gankit[export]'"
 def build_generator(meta: dict) -> nn.Module:
     """A fresh, untrained network of the shape an export's metadata describes, in eval mode:
     the model's task class builds it (Task.build_sampler)."""
-    config = TrainConfig.from_dict(meta["config"])
+    config = saved_config(meta["config"], "the export's metadata")
     return task_class(config.model).build_sampler(config, meta).eval()
 
 
 def metadata(config: TrainConfig, state: dict, nz: int, native: int) -> dict:
-    from gankit.data import border
-
     crop = 0 if native == config.image_size else border(native, config.image_size)
     facts = about(state)
     classes = (config.num_classes or 0) if config.conditional else 0
@@ -69,7 +68,7 @@ def metadata(config: TrainConfig, state: dict, nz: int, native: int) -> dict:
         "crop": crop,
         "step": facts.step,
         "trained_with": facts.trained_with,
-        "gankit_version": gankit.__version__,
+        "gankit_version": __version__,
         "num_classes": classes,
         "input": inputs,
         "output": "images: float32 (N, channels, image_size, image_size) in [-1, 1]",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,3 +80,16 @@ def remove_stale_temps(folder: Path) -> None:
     a complete write has been renamed away from its temporary name)."""
     for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
         tmp.unlink(missing_ok=True)
+
+
+FETCH_TIMEOUT_S = 10.0  # per connect and per read, where the caller gives none: never wait forever
+
+
+def fetch_url(url: str, max_bytes: int, timeout: float | None = None) -> bytes:
+    """GET url, refusing a body above max_bytes (a wrong URL must not fill the disk)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "gankit"})
+    with urllib.request.urlopen(request, timeout=timeout or FETCH_TIMEOUT_S) as response:
+        data = response.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"response is larger than {max_bytes} bytes")
+    return data

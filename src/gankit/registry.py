@@ -1,25 +1,33 @@
-"""The tables that turn a name on the command line into code: models, datasets and judges.
+"""The tables that turn a name on the command line into code: models and datasets, and
+CHOICES, every name-valued setting with the table of its names.
 
 Nothing else in gankit tests a model's or a dataset's name: the loop, sampling, export,
 TensorBoard and the judge ask the entry for what they need. A new model is a task class
 (gankit/training/, the protocol in gankit.training.task) and one line in MODELS; a new
-dataset is a loader and one line in DATASETS. Losses have their own table beside them,
-gankit.training.losses.LOSSES.
+dataset is a loader and one line in DATASETS. Losses, recipes, architectures and inits
+have their tables beside the code that uses them (training/losses.py, training/gan.py);
+CHOICES lists them for gankit.resolve (which checks a name) and the CLI (which shows them).
+The judges' table, FEATURES, is gankit.metrics.judge's, beside the code that consumes it.
+
+Imports point down (docs/architecture.md): this module imports the entries it lists and
+the plain parts; the entries never ask it back. Code above it looks an entry up here and
+passes the entry itself down.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
-from gankit.data import DatasetSpec, load_fake
+from gankit.config import PRECISIONS, TrainConfig
+from gankit.data import DataOptions, DatasetSpec, ImageData, load_fake
 from gankit.data.folder import check_settings as check_folder_settings
-from gankit.data.folder import load_split as load_folder_split
+from gankit.data.folder import load_folder_split
 from gankit.data.mnist import load_idx_split
 from gankit.data.stacked import load_stacked
 from gankit.errors import UserError
-from gankit.metrics.inception import inception_footer, inception_header, judge_with_inception
-from gankit.metrics.judge import EVALUATOR, Judge
-from gankit.training.gan import GanTask
+from gankit.training.gan import ARCHS, EDGES, INIT_FUNCTIONS, RECIPES, GanTask
+from gankit.training.losses import LOSSES
 from gankit.training.task import Task
 from gankit.training.vae import MlpVaeTask, VaeTask
 
@@ -28,7 +36,6 @@ MODELS: dict[str, type[Task]] = {
     "vae": VaeTask,         # a convolutional VAE of the DCGAN's blocks (training/vae.py, models/vae.py)
     "vae-mlp": MlpVaeTask,  # PyTorch's classic 784-400-20 VAE
 }
-DEFAULT_MODEL = "dcgan"
 
 # MNIST-like 28x28 data goes to 32x32 by padding 2 pixels of background on each side: the
 # digits are centred in 20x20 boxes, so padding adds no blur and cropping gives back the
@@ -43,29 +50,19 @@ DATASETS: dict[str, DatasetSpec] = {
                           settings=("crop", "cache_dir"), check=check_folder_settings),
     "fake": DatasetSpec(load_fake, 32, labelled=False),  # random pixels: every code path in seconds
 }
-DEFAULT_DATASET = "mnist"
 
 
-# How `gankit eval --features NAME` judges samples: whose features FID, KID, precision and
-# recall are computed on, and against which real images (docs/usage.md says when each fits).
-FEATURES: dict[str, Judge] = {
-    # gankit's own MNIST classifier (metrics/evaluator.py): offline, MNIST-like data; also
-    # modes, KL to uniform and the classifier score.
-    "evaluator": EVALUATOR,
-    # Inception-v3 (metrics/inception.py): the figures papers quote, for any images; needs
-    # the network's weights file.
-    "inception": Judge(judge_with_inception, (
-        ("FID", "fid", ".3f"), ("KID", "kid", ".5f"), ("Inception Score", "inception_score", ".3f"),
-        ("precision", "precision", ".3f"), ("recall", "recall", ".3f")), inception_header, inception_footer),
+# Every setting whose value is a name, and the table that holds the names: gankit.resolve
+# refuses a name the table lacks, `gankit train --help` lists the table's names.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": tuple(DATASETS), "model": tuple(MODELS), "recipe": tuple(RECIPES), "arch": tuple(ARCHS),
+    "loss": tuple(LOSSES), "init": tuple(INIT_FUNCTIONS), "edge": EDGES, "precision": PRECISIONS,
 }
-DEFAULT_FEATURES = "evaluator"
 
 
-def feature_judge(name: str) -> Judge:
-    try:
-        return FEATURES[name]
-    except KeyError:
-        raise UserError(f"unknown --features '{name}'; use one of: {', '.join(FEATURES)}") from None
+def flag(name: str) -> str:
+    """A setting as the CLI spells it: batch_size -> --batch-size (messages name the flag)."""
+    return "--" + name.replace("_", "-")
 
 
 def task_class(model: str) -> type[Task]:
@@ -100,3 +97,29 @@ def models_that(member: str) -> str:
 def conditional_needs_labels() -> str:
     labelled = [name for name, spec in DATASETS.items() if spec.labelled and not spec.needs]
     return f"--conditional needs labelled data ({', '.join(labelled)}, or a folder with one subfolder per class)"
+
+
+def model_defaults(name: str) -> str:
+    """A setting's default per model, as text ("dcgan 64, vae 32"): what `--help` says of a
+    setting whose default is the model's."""
+    found = [f"{model} {task.defaults[name]}" for model, task in MODELS.items()
+             if task.defaults.get(name) is not None]
+    return ", ".join(found)
+
+
+def load_dataset(name: str, *, split: str = "train", log=None, **settings) -> ImageData:
+    """One split of a dataset by name; `settings` are TrainConfig's data fields (data_dir,
+    image_size, channels, seed, ...), with its defaults. UserError with a one-line fix when
+    it cannot be loaded."""
+    return load_data(TrainConfig(dataset=name, **settings), split, log)
+
+
+def load_data(config: TrainConfig, split: str, log=None) -> ImageData:
+    """One split of `config.dataset`, as the config's data settings ask for it."""
+    spec = dataset_spec(config.dataset)
+    if spec.needs and not config.data_dir:
+        raise UserError(spec.needs)
+    if split not in spec.splits:
+        raise UserError(f"the {config.dataset} dataset has no {split} split (it has: {', '.join(spec.splits)})")
+    options = DataOptions.of(config, log=log, image_size=config.image_size or spec.image_size)
+    return dataclasses.replace(spec.load(split, options), name=config.dataset)

@@ -14,11 +14,12 @@ from typing import NamedTuple
 
 import torch
 
-from gankit.checkpoint import about, find_checkpoint, load_checkpoint, restore, resume_config
+from gankit.checkpoint import about, find_checkpoint, load_checkpoint, restore
 from gankit.config import TrainConfig
-from gankit.data import ImageData, load_dataset
+from gankit.data import ImageData
 from gankit.errors import UserError
-from gankit.registry import conditional_needs_labels, dataset_spec, task_class
+from gankit.registry import conditional_needs_labels, dataset_spec, load_data, task_class
+from gankit.resolve import resolve
 
 
 def pick_device(name: str) -> torch.device:
@@ -48,10 +49,7 @@ def build_task(config: TrainConfig, channels: int, device: torch.device, native_
 def load_split(config: TrainConfig, split: str, log=None) -> ImageData:
     """One split of a run's data, as the run's settings ask for it (--subset: the train
     split's first N images)."""
-    data = load_dataset(config.dataset, split=split, data_dir=config.data_dir, image_size=config.image_size,
-                        channels=config.channels, fake_size=config.fake_size, stacked_size=config.stacked_size,
-                        seed=config.seed, log=log, progress=config.progress, crop=config.crop,
-                        cache_dir=config.cache_dir)
+    data = load_data(config, split, log)
     if split == "train" and config.subset:
         data = dataclasses.replace(data, images=data.images[:config.subset], labels=data.labels[:config.subset])
     return data
@@ -83,7 +81,21 @@ def resolve_data_config(config: TrainConfig, data: ImageData) -> TrainConfig:
 def resume_state(run: Path) -> tuple[TrainConfig, dict]:
     """(config, state) of a run folder's newest checkpoint (or a checkpoint file)."""
     state = load_checkpoint(find_checkpoint(run))
-    return resume_config(state, run), state
+    return saved_config(state["config"], f"'{run}'"), state
+
+
+def saved_config(saved, where: str) -> TrainConfig:
+    """The resolved TrainConfig of a saved one (a checkpoint's, an export's): settings gankit
+    has gained since take their defaults, which leave the model as it was. `where`: whose
+    settings they are, as messages say it ("'runs/x'")."""
+    if not isinstance(saved, dict):
+        raise UserError(f"the saved config in {where} is not a mapping of settings; it was not written by gankit")
+    try:
+        return resolve(TrainConfig.from_dict(saved))
+    except TypeError as e:
+        raise UserError(f"the saved config in {where} is unreadable ({e})") from None
+    except UserError as e:  # a value gankit refuses: say whose it is
+        raise UserError(f"the settings saved in {where} cannot be used: {e}") from None
 
 
 # Settings that may change when a run is resumed; everything else comes from its checkpoint.

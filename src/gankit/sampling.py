@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gankit.data import to_native
 from gankit.errors import UserError
 from gankit.files import write_atomic
 
@@ -67,11 +68,6 @@ def save_npz(images: torch.Tensor, path: Path) -> None:
     write_atomic(Path(path), buf.getvalue())
 
 
-def num_classes(task) -> int:
-    """How many classes a task's generator is conditioned on; 0: unconditional."""
-    return int(task.num_classes)
-
-
 def balanced_labels(n: int, classes: int) -> torch.Tensor:
     """0, 1, ..., C-1, 0, 1, ...: n labels (on the CPU), every class as often as n allows."""
     return torch.arange(n) % classes
@@ -81,7 +77,7 @@ def check_label(task, label: int | None, run) -> None:
     """`sample --class K` (Run.sample(label=K)): a conditional run, and K one of its classes."""
     if label is None:
         return
-    classes = num_classes(task)
+    classes = task.num_classes  # 0: unconditional (the task protocol)
     if not classes:
         raise UserError(f"--class needs a conditional run (trained with --conditional); '{run}' is not one")
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < classes:
@@ -91,7 +87,7 @@ def check_label(task, label: int | None, run) -> None:
 def sample_labels(task, n: int, label: int | None = None) -> torch.Tensor | None:
     """The labels `generate` draws n images of: None for an unconditional task; else
     `label` for every image, or, when None, balanced_labels."""
-    classes = num_classes(task)
+    classes = task.num_classes  # 0: unconditional (the task protocol)
     if not classes:
         return None
     if label is not None:
@@ -114,8 +110,6 @@ def decode(task, z: torch.Tensor, *, native: int, batch_size: int = 500,
            labels: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 images (N, C, native, native) on the CPU from z (N, nz) (and, conditional,
     labels (N,)), batch_size at a time."""
-    from gankit.data import to_native
-
     if labels is None:
         return torch.cat([to_native(task.generate(zb), native).cpu() for zb in z.split(batch_size)])
     return torch.cat([to_native(task.generate(zb, yb.to(task.device)), native).cpu()

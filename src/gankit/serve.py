@@ -25,6 +25,7 @@ from flask import Flask, Response, jsonify, request
 from gankit import sampling
 from gankit.checkpoint import about, digest
 from gankit.errors import UserError
+from gankit.runs import load_run
 
 MAX_N = 256       # images in one grid: 256 DCGAN images take about 0.2 s on one CPU core
 STRIP = 10        # a conditional walk without a class: the same z drawn as each of the first 10 classes
@@ -81,10 +82,8 @@ def png_response(draw, weights: str, lock: threading.Lock) -> Response:
 
 def create_app(run: Path, device: str = "cpu") -> Flask:
     """The explorer's Flask app for a run, loaded once here (UserError when it cannot be)."""
-    from gankit.runs import load_run
-
     config, task, state, native = load_run(run, device=device)
-    classes = sampling.num_classes(task)
+    classes = task.num_classes
     facts = about(state)
     step = facts.step
     steps_per_epoch = facts.dataset_size // config.batch_size

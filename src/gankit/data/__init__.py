@@ -14,8 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gankit.errors import UserError
-
 
 @dataclass
 class ImageData:
@@ -36,13 +34,35 @@ class ImageData:
 
 
 @dataclass(frozen=True)
+class DataOptions:
+    """How a run asks for its data: the settings a loader may read (each loader reads the
+    ones it needs), taken from the run's TrainConfig by `of`."""
+
+    image_size: int                   # the network's size (the dataset's default filled in)
+    data_dir: str | None
+    channels: int | None
+    fake_size: int
+    stacked_size: int
+    seed: int
+    progress: bool
+    crop: str | int
+    cache_dir: str | None
+    log: Callable[[str], None] | None = None
+
+    @classmethod
+    def of(cls, config, **given) -> "DataOptions":
+        """The options of a TrainConfig, with `given` (log, image_size) set explicitly."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in given]
+        return cls(**{name: getattr(config, name) for name in names if hasattr(config, name)}, **given)
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """What gankit knows of a dataset before loading it (an entry of gankit.registry.DATASETS).
 
-    `load(split, *, data_dir, image_size, channels, fake_size, stacked_size, seed, log, progress,
-    crop, cache_dir)` returns an ImageData; each loader uses the keywords it needs."""
+    `load(split, options: DataOptions)` returns an ImageData."""
 
-    load: Callable[..., ImageData]
+    load: Callable[[str, DataOptions], ImageData]
     image_size: int                  # the network's default size for it
     splits: tuple[str, ...] = ("train", "test")
     labelled: bool = True            # labels a --conditional run can learn from
@@ -54,24 +74,6 @@ class DatasetSpec:
     check: Callable | None = None    # check(config): refuse bad values of those settings (UserError)
 
 
-def load_dataset(name: str, *, split: str = "train", data_dir: str | None = None,
-                 image_size: int | None = None, channels: int | None = None,
-                 fake_size: int = 1024, stacked_size: int = 60000, seed: int = 0, log=None,
-                 progress: bool = True, crop: str | int = "center", cache_dir: str | None = None) -> ImageData:
-    """Load a dataset by name (gankit.registry.DATASETS). Raises UserError with a one-line fix when it cannot."""
-    from gankit.registry import dataset_spec
-
-    spec = dataset_spec(name)
-    if spec.needs and not data_dir:
-        raise UserError(spec.needs)
-    if split not in spec.splits:
-        raise UserError(f"the {name} dataset has no {split} split (it has: {', '.join(spec.splits)})")
-    data = spec.load(split, data_dir=data_dir, image_size=image_size or spec.image_size, channels=channels,
-                     fake_size=fake_size, stacked_size=stacked_size, seed=seed, log=log, progress=progress,
-                     crop=crop, cache_dir=cache_dir)
-    return dataclasses.replace(data, name=name)
-
-
 def fake_data(n: int, *, size: int, channels: int, seed: int = 0) -> ImageData:
     """Random images with random labels: enough to run every code path in seconds."""
     g = torch.Generator().manual_seed(seed)
@@ -80,11 +82,13 @@ def fake_data(n: int, *, size: int, channels: int, seed: int = 0) -> ImageData:
     return ImageData(images, labels, "random")
 
 
-def load_fake(split: str, *, fake_size: int, image_size: int, channels: int | None, seed: int, **_) -> ImageData:
+def load_fake(split: str, options: DataOptions) -> ImageData:
     """The smoke tests' data: fake_size random images; the test split a quarter as many (at least 32)."""
+    channels = options.channels or 1
     if split == "test":
-        return fake_data(max(fake_size // 4, 32), size=image_size, channels=channels or 1, seed=seed + 1)
-    return fake_data(fake_size, size=image_size, channels=channels or 1, seed=seed)
+        return fake_data(max(options.fake_size // 4, 32), size=options.image_size, channels=channels,
+                         seed=options.seed + 1)
+    return fake_data(options.fake_size, size=options.image_size, channels=channels, seed=options.seed)
 
 
 def border(native: int, size: int) -> int | None:

@@ -31,8 +31,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from gankit.data import folder_cache
+from gankit.data import DataOptions, ImageData, folder_cache
 from gankit.errors import UserError
+from gankit.paths import default_data_root
 
 EXTENSIONS = {".png", ".jpg", ".jpeg"}
 PARALLEL_MIN_FILES = 256   # below this, starting worker processes costs more than it saves
@@ -255,27 +256,24 @@ def folder_labels(relative: list[tuple[str, ...]]) -> list[int]:
     return [-1] * len(relative)
 
 
-def load_split(split: str, *, data_dir: str, image_size: int, channels: int | None, log=None,
-               crop: str | int = "center", cache_dir: str | Path | None = None, progress: bool = True, **_):
-    """A folder as a dataset: its one split, train, at image_size; RGB unless channels=1. The
-    decoded images are cached under cache_dir (None: the data root, default_data_root())."""
-    from gankit.data.mnist import default_data_root
-
-    return load_folder(Path(data_dir), size=image_size, channels=channels or 3, log=log, crop=crop,
-                       cache_dir=Path(cache_dir) if cache_dir else default_data_root(), progress=progress)
+def load_folder_split(split: str, options: DataOptions) -> ImageData:
+    """A folder as a dataset: its one split, train, at the network's size; RGB unless channels
+    is 1. The decoded images are cached under cache_dir (None: the data root, default_data_root())."""
+    return load_folder(Path(options.data_dir), size=options.image_size, channels=options.channels or 3,
+                       log=options.log, crop=options.crop, progress=options.progress,
+                       cache_dir=Path(options.cache_dir) if options.cache_dir else default_data_root())
 
 
 def check_settings(config) -> None:
     """Before anything is decoded or cached (DatasetSpec.check): --crop's value, and that a
     --conditional run's folder has labels, which it has when no image sits at its top level
     (folder_labels' rule, read from one listing of the top folder)."""
-    from gankit.registry import conditional_needs_labels
-
     parse_crop(config.crop)
     root = Path(config.data_dir or "")
     if config.conditional and root.is_dir() and any(p.suffix.lower() in EXTENSIONS and p.is_file()
                                                     for p in root.iterdir()):
-        raise UserError(conditional_needs_labels())
+        raise UserError(f"--conditional needs labelled data: a folder with one subfolder per class; '{root}' has "
+                        "images at its top level (move each class's images into a subfolder named after it)")
 
 
 def load_folder(root: Path, *, size: int, channels: int = 3, log=None, crop: str | int = "center",
@@ -287,8 +285,6 @@ def load_folder(root: Path, *, size: int, channels: int = 3, log=None, crop: str
     in memory). A cached dataset that does not fit in memory (folder_cache.fits_in_memory,
     with memory_limit bytes, when given, as the memory available) comes back memory-mapped:
     a read-only tensor backed by the cache file (see folder_cache.mapped_tensor)."""
-    from gankit.data import ImageData
-
     if cache_dir is not None and not draft:
         raise ValueError("draft=False (load_image) is for comparisons and has no cache of its own")
     log = log or (lambda msg: print(msg, file=sys.stderr))

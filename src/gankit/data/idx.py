@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from gankit.errors import UserError
+from gankit.errors import UserError, one_line
 
 GZIP_MAGIC = b"\x1f\x8b"
 UBYTE = 0x08
@@ -123,16 +123,7 @@ def read_file_bytes(path: str | os.PathLike[str], max_size: int | None = None) -
     except UserError as err:
         raise UserError(f"{path}: {err}") from err
     except OSError as err:
-        raise UserError(f"{path}: cannot read it ({_one_line(err)})") from err
-
-
-def read_idx_file(path: str | os.PathLike[str], max_size: int | None = None) -> np.ndarray:
-    """Read an IDX file, gzip-compressed or raw; every error message names the file."""
-    data = read_file_bytes(path, max_size)
-    try:
-        return read_idx(data)
-    except UserError as err:
-        raise UserError(f"{path}: {err}") from err
+        raise UserError(f"{path}: cannot read it ({one_line(err)})") from err
 
 
 def _gunzip_stream(raw: BinaryIO, max_size: int | None) -> bytes:
@@ -141,7 +132,7 @@ def _gunzip_stream(raw: BinaryIO, max_size: int | None) -> bytes:
             return _read_limited(stream, max_size)
     except (OSError, EOFError, zlib.error) as err:
         # gzip.BadGzipFile is an OSError; a truncated stream ends in EOFError.
-        raise UserError(f"corrupt or truncated gzip data ({_one_line(err)})") from err
+        raise UserError(f"corrupt or truncated gzip data ({one_line(err)})") from err
 
 
 def _read_limited(stream: BinaryIO, max_size: int | None) -> bytes:
@@ -152,8 +143,3 @@ def _read_limited(stream: BinaryIO, max_size: int | None) -> bytes:
     if len(data) > max_size:
         raise UserError(f"larger than expected: more than {max_size} bytes uncompressed")
     return data
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__

@@ -59,15 +59,13 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from gankit.data.mnist import default_data_root, fetch_url
-from gankit.errors import UserError
-from gankit.files import write_atomic
+from gankit.errors import UserError, one_line
+from gankit.files import fetch_url, write_atomic
 from gankit.metrics.quality import (
     PR_K,
     classifier_score,
@@ -77,6 +75,7 @@ from gankit.metrics.quality import (
     knn_radii,
     precision_recall,
 )
+from gankit.paths import default_data_root
 
 __all__ = [
     "WEIGHTS_NAME",
@@ -90,7 +89,6 @@ __all__ = [
     "download_weights",
     "load_feature_network",
     "network_outputs",
-    "inception_outputs",
     "reference_split",
     "reference_statistics",
     "inception_judge",
@@ -124,18 +122,13 @@ REFERENCE_VERSION = 1  # bump when the cached reference is computed differently
 Log = Callable[[str], None]
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:300] or type(err).__name__
-
-
 def _reason(err: BaseException) -> str:
     """A failed fetch in a few words: a URLError's reason ("[Errno -2] Name or service not
     known") without its "<urlopen error ...>" wrapping; an HTTP error as "HTTP Error 404: ..."."""
     reason = getattr(err, "reason", None)
     if reason is not None and not hasattr(err, "code"):  # URLError, not its HTTPError subclass
         err = reason if isinstance(reason, BaseException) else OSError(str(reason))
-    return _one_line(err)[:120]
+    return one_line(err)[:120]
 
 
 def default_cache_dir() -> Path:
@@ -173,7 +166,7 @@ def inception_weights(path: str | os.PathLike | None = None, *, cache_dir: str |
             download_weights(cached, log or (lambda message: None))
             return cached
         except OSError as err:
-            reason = f"download failed: {_one_line(err)}"
+            reason = f"download failed: {one_line(err)}"
     raise UserError(f"the Inception-v3 feature network {WEIGHTS_NAME} is needed and missing ({reason}); "
                     f"download it from {WEIGHTS_URL} and put it at {cached}, or pass --feature-weights PATH")
 
@@ -209,7 +202,7 @@ def _check_network_bytes(data: bytes) -> str | None:
         with torch.no_grad():
             features = net(torch.zeros(1, 3, 16, 16, dtype=torch.uint8), return_features=True)
     except Exception as err:  # anything that fails here means "not the network"
-        return f"not a TorchScript feature network ({_one_line(err)})"
+        return f"not a TorchScript feature network ({one_line(err)})"
     if not isinstance(features, Tensor) or features.ndim != 2 or features.shape[0] != 1:
         return "not a TorchScript feature network (return_features=True gave no (1, D) tensor)"
     return None
@@ -221,13 +214,13 @@ def load_feature_network(path: str | os.PathLike, device: torch.device | str = "
     try:
         net = torch.jit.load(str(path), map_location=device)
     except Exception as err:  # RuntimeError (not a zip / no code), ValueError (no file), ...
-        raise UserError(f"{path} is not a TorchScript module ({_one_line(err)}); replace it with {WEIGHTS_NAME} "
+        raise UserError(f"{path} is not a TorchScript module ({one_line(err)}); replace it with {WEIGHTS_NAME} "
                         f"from {WEIGHTS_URL}, or pass --feature-weights PATH") from err
     return net.eval()
 
 
 # --------------------------------------------------------------------------- features
-def _check_images(images, what: str, min_count: int) -> None:
+def check_images(images, what: str, min_count: int) -> None:
     if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4 \
             or images.shape[1] not in (1, 3):
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
@@ -271,7 +264,7 @@ def network_outputs(net, images: Tensor, *, batch_size: int = BATCH_SIZE, device
     """(features, probabilities) of uint8 images (N, 1 or 3, H, W), as CPU tensors in the
     network's own dtype (float32 for the real one). Batches go to ``device`` (default: where
     the network is) as uint8, grayscale repeated to 3 channels (StyleGAN3 metric_utils.py)."""
-    _check_images(images, "input", 1)
+    check_images(images, "input", 1)
     device = torch.device(device) if device is not None else _network_device(net)
     batch_size = max(1, int(batch_size))
     features, probs, weight = [], [], None
@@ -290,14 +283,6 @@ def network_outputs(net, images: Tensor, *, batch_size: int = BATCH_SIZE, device
             features.append(f.cpu())
             probs.append(_probabilities(net, batch, f, weight).cpu())
     return torch.cat(features), torch.cat(probs)
-
-
-def inception_outputs(net, images: Tensor, *, batch_size: int = BATCH_SIZE, device=None,
-                      progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, 2048), probabilities (N, 1008)) of uint8 images (N, 1 or 3, H, W), both
-    float64 numpy arrays (exact copies of the float32 values ``network_outputs`` gives)."""
-    features, probs = network_outputs(net, images, batch_size=batch_size, device=device, progress=progress)
-    return features.to(torch.float64).numpy(), probs.to(torch.float64).numpy()
 
 
 # --------------------------------------------------------------------------- figures
@@ -422,7 +407,7 @@ def _floor_size(ref: dict, n_samples: int) -> int:
 
 def _reference_images(reference) -> Tensor:
     images = reference() if callable(reference) else reference
-    _check_images(images, "reference", 2 * MIN_SAMPLES)
+    check_images(images, "reference", 2 * MIN_SAMPLES)
     return images
 
 
@@ -435,7 +420,7 @@ def inception_judge(samples: Tensor, reference: Tensor | Callable[[], Tensor], *
     ``floor``, "floor": the same figures for real images, as the module docstring says.
     ``seed`` seeds KID's subsets and the floor's split. Values agree with
     gankit.metrics.quality called on inception_outputs' features and probabilities."""
-    _check_images(samples, "sample", MIN_SAMPLES)
+    check_images(samples, "sample", MIN_SAMPLES)
     ref = reference_statistics(net, reference, seed=seed, cache_dir=cache_dir, reference_key=reference_key,
                                n_floor=len(samples) if floor else 0, batch_size=batch_size, device=device,
                                progress=progress)
@@ -446,51 +431,3 @@ def inception_judge(samples: Tensor, reference: Tensor | Callable[[], Tensor], *
     if floor:
         result["floor"] = dict(ref["floors"][_floor_size(ref, len(samples))])
     return result
-
-
-# --------------------------------------------------------------------------- gankit eval's judge
-def reference_for(request, size: int, channels: int) -> tuple[Callable[[], Tensor], str]:
-    """(a loader of the real images samples are judged against, how to call them): --reference
-    DIR, decoded as the samples' size and channels (and cached, as a training folder is); else
-    the run's own training images as it trained on them; else the dataset's train split."""
-    import dataclasses
-
-    from gankit.data import load_dataset
-    from gankit.data.folder import load_folder
-    from gankit.runs import load_split
-
-    if request.reference:
-        root = Path(request.reference)
-        return (lambda: load_folder(root, size=size, channels=channels, cache_dir=default_data_root(),
-                                    progress=request.progress).images), f"the images under '{root}'"
-    config = request.config
-    if config is not None and request.dataset == config.dataset:
-        config = dataclasses.replace(config, subset=None, progress=request.progress, data_dir=request.data_dir)
-        return (lambda: load_split(config, "train").images), f"the run's training images ({config.dataset})"
-    return (lambda: load_dataset(request.dataset, split="train", data_dir=request.data_dir,
-                                 progress=request.progress).images), f"{request.dataset}'s training images"
-
-
-def judge_with_inception(images: Tensor, request) -> dict:
-    """`gankit eval --features inception`: the figures papers quote, beside the floor."""
-    import sys
-
-    from gankit.runs import pick_device
-
-    _check_images(images, "sample", MIN_SAMPLES)  # inception_judge checks too; here before the weights load
-    weights = inception_weights(request.feature_weights, cache_dir=default_cache_dir(),
-                                log=lambda message: print(message, file=sys.stderr))
-    net = load_feature_network(weights, pick_device(request.device))
-    load, name = reference_for(request, images.shape[-1], images.shape[1])
-    result = inception_judge(images.contiguous(), load(), net=net, seed=request.seed, cache_dir=default_cache_dir(),
-                             progress=request.progress)
-    return {**result, "reference": name}
-
-
-def inception_header(result: dict, dataset: str) -> str:
-    return (f"{result['n']} samples against {result['reference_n']} real images ({result['reference']}), on "
-            f"Inception-v3 features; floor: {result['floor']['n']} of those real images against the others")
-
-
-def inception_footer(result: dict) -> str:
-    return f"  (KID ± {result['kid_std']:.5f}; Inception Score ± {result['inception_score_std']:.3f})"

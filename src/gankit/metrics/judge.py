@@ -1,4 +1,5 @@
-"""How good are the samples? Every figure of `gankit eval`, next to the real-data floor.
+"""How good are the samples? Every figure of `gankit eval`, next to the real-data floor:
+judging a run or a file with either feature set (FEATURES, the table of `--features`).
 
 Pipeline, for generated images and, as the floor, for as many real training images:
   images --evaluator--> features (N, 128) and class probabilities (N, 10)
@@ -16,6 +17,7 @@ by side.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import sys
@@ -25,14 +27,25 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from torch import Tensor
 
-import gankit.registry as registry  # a module, not its names: the registry lists this judge (FEATURES)
-from gankit.data import load_dataset
-from gankit.data.mnist import default_data_root
+from gankit import sampling
+from gankit.data.folder import load_folder
 from gankit.errors import UserError
 from gankit.files import write_atomic
 from gankit.metrics.evaluator import classify, load_or_train_evaluator, mode_coverage
+from gankit.metrics.inception import (
+    MIN_SAMPLES,
+    check_images,
+    default_cache_dir,
+    inception_judge,
+    inception_weights,
+    load_feature_network,
+)
 from gankit.metrics.quality import classifier_score, fid, kid, knn_radii, precision_recall
+from gankit.paths import default_data_root
+from gankit.registry import dataset_spec, judged_datasets, load_dataset
+from gankit.runs import load_split, pick_device
 
 REFERENCE_VERSION = 1  # bump when the reference figures are computed differently
 
@@ -40,7 +53,7 @@ REFERENCE_VERSION = 1  # bump when the reference figures are computed differentl
 def evaluator_for(dataset: str, data_dir: str | None, progress: bool = True, train=None):
     """The cached evaluator of a labelled 28x28 dataset (trained on first use). `train`:
     the base dataset's train split when the caller has it already, to read it only once."""
-    base = registry.dataset_spec(dataset).evaluator
+    base = dataset_spec(dataset).evaluator
     if train is None or train.name != base:
         train = load_dataset(base, split="train", data_dir=data_dir)
     return load_or_train_evaluator(train.images, train.labels, evaluator_cache(),
@@ -48,11 +61,11 @@ def evaluator_for(dataset: str, data_dir: str | None, progress: bool = True, tra
 
 
 def classes_of(dataset: str) -> int:
-    return registry.dataset_spec(dataset).num_classes
+    return dataset_spec(dataset).num_classes
 
 
 def sample_channels(dataset: str) -> int:
-    return registry.dataset_spec(dataset).channels or 1
+    return dataset_spec(dataset).channels or 1
 
 
 def evaluator_cache() -> Path:
@@ -87,13 +100,13 @@ def figures(features, probs, predicted, test_features, test_radii, num_classes: 
     }
 
 
-def judge(images: torch.Tensor, dataset: str, data_dir: str | None = None, *, seed: int = 0,
-          floor: bool = True, progress: bool = True, labels: torch.Tensor | None = None) -> dict:
+def score_samples(images: torch.Tensor, dataset: str, data_dir: str | None = None, *, seed: int = 0,
+                  floor: bool = True, progress: bool = True, labels: torch.Tensor | None = None) -> dict:
     """All figures for uint8 images (N, C, 28, 28) of `dataset`, plus the floor for N real ones.
     `labels` (N,): the class each image was asked to be (stacked-mnist: 100 r + 10 g + b);
     given, the result has "class_accuracy", the share the evaluator puts in that class."""
-    if dataset not in registry.judged_datasets():
-        raise UserError(f"gankit's evaluator judges {', '.join(registry.judged_datasets())} samples; '{dataset}' "
+    if dataset not in judged_datasets():
+        raise UserError(f"gankit's evaluator judges {', '.join(judged_datasets())} samples; '{dataset}' "
                         "has none (it needs labelled 28x28 data); use --features inception")
     channels = sample_channels(dataset)
     if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (channels, 28, 28):
@@ -132,7 +145,7 @@ class Request:
 
 
 class Judge(NamedTuple):
-    """A way of judging samples (an entry of gankit.registry.FEATURES): `judge(images, request)`
+    """A way of judging samples (an entry of FEATURES): `judge(images, request)`
     gives the figures and "floor"; `rows` are (label, key, format) of `gankit eval`'s table;
     `header(result, dataset)` its first line and `footer(result)` the lines under it."""
 
@@ -146,7 +159,7 @@ def judge_with_evaluator(images: torch.Tensor, request: Request) -> dict:
     if request.reference or request.feature_weights:
         raise UserError("--reference and --feature-weights go with --features inception; gankit's evaluator "
                         "judges against the dataset's own test split")
-    return judge(images.contiguous(), request.dataset, request.data_dir, seed=request.seed,
+    return score_samples(images.contiguous(), request.dataset, request.data_dir, seed=request.seed,
                  progress=request.progress, labels=request.labels)
 
 
@@ -168,14 +181,71 @@ EVALUATOR = Judge(judge_with_evaluator, (
     ("KL to uniform", "kl_to_uniform", ".4f")), evaluator_header, evaluator_footer)
 
 
+def reference_for(request, size: int, channels: int) -> tuple[Callable[[], Tensor], str]:
+    """(a loader of the real images samples are judged against, how to call them): --reference
+    DIR, decoded as the samples' size and channels (and cached, as a training folder is); else
+    the run's own training images as it trained on them; else the dataset's train split."""
+    if request.reference:
+        root = Path(request.reference)
+        return (lambda: load_folder(root, size=size, channels=channels, cache_dir=default_data_root(),
+                                    progress=request.progress).images), f"the images under '{root}'"
+    config = request.config
+    if config is not None and request.dataset == config.dataset:
+        config = dataclasses.replace(config, subset=None, progress=request.progress, data_dir=request.data_dir)
+        return (lambda: load_split(config, "train").images), f"the run's training images ({config.dataset})"
+    return (lambda: load_dataset(request.dataset, split="train", data_dir=request.data_dir,
+                                 progress=request.progress).images), f"{request.dataset}'s training images"
+
+
+def judge_with_inception(images: Tensor, request) -> dict:
+    """`gankit eval --features inception`: the figures papers quote, beside the floor."""
+    check_images(images, "sample", MIN_SAMPLES)  # inception_judge checks too; here before the weights load
+    weights = inception_weights(request.feature_weights, cache_dir=default_cache_dir(),
+                                log=lambda message: print(message, file=sys.stderr))
+    net = load_feature_network(weights, pick_device(request.device))
+    load, name = reference_for(request, images.shape[-1], images.shape[1])
+    result = inception_judge(images.contiguous(), load(), net=net, seed=request.seed, cache_dir=default_cache_dir(),
+                             progress=request.progress)
+    return {**result, "reference": name}
+
+
+def inception_header(result: dict, dataset: str) -> str:
+    return (f"{result['n']} samples against {result['reference_n']} real images ({result['reference']}), on "
+            f"Inception-v3 features; floor: {result['floor']['n']} of those real images against the others")
+
+
+def inception_footer(result: dict) -> str:
+    return f"  (KID ± {result['kid_std']:.5f}; Inception Score ± {result['inception_score_std']:.3f})"
+
+
+# How `gankit eval --features NAME` judges samples: whose features FID, KID, precision and
+# recall are computed on, and against which real images (docs/usage.md says when each fits).
+FEATURES: dict[str, Judge] = {
+    # gankit's own MNIST classifier (metrics/evaluator.py): offline, MNIST-like data; also
+    # modes, KL to uniform and the classifier score.
+    "evaluator": EVALUATOR,
+    # Inception-v3 (metrics/inception.py): the figures papers quote, for any images; needs
+    # the network's weights file.
+    "inception": Judge(judge_with_inception, (
+        ("FID", "fid", ".3f"), ("KID", "kid", ".5f"), ("Inception Score", "inception_score", ".3f"),
+        ("precision", "precision", ".3f"), ("recall", "recall", ".3f")), inception_header, inception_footer),
+}
+DEFAULT_FEATURES = "evaluator"
+
+
+def feature_judge(name: str) -> Judge:
+    try:
+        return FEATURES[name]
+    except KeyError:
+        raise UserError(f"unknown --features '{name}'; use one of: {', '.join(FEATURES)}") from None
+
+
 def judge_run(loaded, *, n: int, seed: int = 0, features: str = "evaluator", progress: bool = True,
               **request) -> dict:
     """n fresh samples of a loaded run (gankit.runs.load_run) judged with `features` (an entry
-    of gankit.registry.FEATURES), against the run's own dataset unless the request's `dataset`
+    of FEATURES), against the run's own dataset unless the request's `dataset`
     says otherwise: what `gankit eval RUN` and gankit.Run.evaluate report. A conditional run
     draws the classes in turn and is also scored on its class accuracy."""
-    from gankit import sampling
-
     config, task, _, native = loaded
     images = sampling.generate(task, n, seed=seed, native=native)
     given = {k: v for k, v in request.items() if v is not None}  # dataset, data_dir, reference, ...
@@ -186,7 +256,7 @@ def judge_run(loaded, *, n: int, seed: int = 0, features: str = "evaluator", pro
 
 def judge_with(features: str, images: torch.Tensor, request: Request) -> dict:
     """The figures of `features`' judge, with "features" saying which."""
-    return {"features": features, **registry.feature_judge(features).judge(images, request)}
+    return {"features": features, **feature_judge(features).judge(images, request)}
 
 
 def reference(evaluator, dataset: str, data_dir: str | None, seed: int, n_floor: int) -> dict:

@@ -57,14 +57,6 @@ RECIPES: dict[str, dict] = {
     # updates an epoch) and R1 gamma 1 (docs/results.md, "Modern recipes, measured").
     "dcgan-b64-r1": {**_DCGAN, "batch_size": 64, "r1": 1.0},
 }
-DEFAULT_RECIPE = "dcgan"
-
-
-def recipe_settings(name: str) -> dict:
-    """A recipe's settings, or the one-line error for a name that is not a recipe."""
-    if name not in RECIPES:
-        raise UserError(f"unknown --recipe '{name}'; use one of: {', '.join(RECIPES)}")
-    return RECIPES[name]
 
 
 def xavier_init(module: nn.Module) -> None:
@@ -85,7 +77,6 @@ INIT_FUNCTIONS: dict[str, Callable[[nn.Module], None]] = {
     "pytorch": lambda module: None,  # PyTorch's default
     "xavier": xavier_init,           # Xavier uniform (SNGAN's code)
 }
-INITS = tuple(INIT_FUNCTIONS)
 EDGES = ("4x4", "1x1")         # models/dcgan.py says what each means
 
 
@@ -148,7 +139,7 @@ class GanTask(Task):
 
     @classmethod
     def resolve(cls, config) -> dict:
-        settings = {**cls.defaults, **recipe_settings(config.recipe)}
+        settings = {**cls.defaults, **RECIPES[config.recipe]}  # the name was checked (gankit.resolve)
         if config.arch in ARCHS and config.init is None:  # --arch given: its own init, not the recipe's
             settings["init"] = ARCHS[config.arch].init
         lr = config.lr if config.lr is not None else settings["lr"]
@@ -164,11 +155,7 @@ class GanTask(Task):
 
     @classmethod
     def check(cls, config) -> None:
-        choices = {"init": INITS, "edge": EDGES, "arch": tuple(ARCHS), "loss": tuple(LOSSES)}
-        for name, allowed in choices.items():
-            value = getattr(config, name)
-            if value is not None and value not in allowed:
-                raise UserError(f"unknown --{name} '{value}'; use one of: {', '.join(allowed)}")
+        """The GAN's own values (its names are gankit.resolve's to check, against CHOICES)."""
         try:
             parse_policy(config.diffaugment)
         except ValueError as e:
@@ -283,7 +270,7 @@ class GanTask(Task):
         scaled by r1_every so that its weight per step stays gamma / 2."""
         return bool(self.r1) and step % self.r1_every == 0
 
-    def judge(self, images: torch.Tensor, labels: torch.Tensor | None, discriminator: nn.Module) -> torch.Tensor:
+    def discriminate(self, images: torch.Tensor, labels: torch.Tensor | None, discriminator: nn.Module) -> torch.Tensor:
         """D's logits for images as D sees them: augmented (DiffAugment, a fresh draw at
         every call) and packed m to a judgement (PacGAN)."""
         if self.augment:
@@ -331,8 +318,8 @@ class GanTask(Task):
             fake = self.generator(z, y)
         if regularize:  # R1 needs D's gradient with respect to the real images themselves
             real = real.detach().requires_grad_(True)
-        logits_real = self.judge(real, labels, self.train_discriminator)   # (N,) or (N / pack,)
-        logits_fake = self.judge(fake, y, self.train_discriminator)
+        logits_real = self.discriminate(real, labels, self.train_discriminator)   # (N,) or (N / pack,)
+        logits_fake = self.discriminate(fake, y, self.train_discriminator)
         loss_d = self.loss.d(logits_real, logits_fake)
         objective = loss_d
         if regularize:
@@ -351,7 +338,7 @@ class GanTask(Task):
         y = self.fake_labels(n)  # a fresh draw with the fresh z
         fake = self.train_generator(z, y)
         self.discriminator.requires_grad_(False)
-        loss_g = self.loss.g(self.judge(fake, y, self.discriminator))
+        loss_g = self.loss.g(self.discriminate(fake, y, self.discriminator))
         opt_g = self._optimizers["generator"]
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()

@@ -28,12 +28,14 @@ from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
 from gankit import report, sampling, seeds
 from gankit.board import Board, open_board
 from gankit.checkpoint import make_state, rank_state, save_checkpoint
-from gankit.config import TrainConfig, parse_save_every, validate
+from gankit.config import TrainConfig, parse_save_every
 from gankit.data import ImageData, to_model, to_native
 from gankit.distributed import Ranks, noise_seed, weights_digest, world_size
 from gankit.errors import Diverged, Stopped, UserError
 from gankit.files import remove_stale_temps, write_atomic, write_json
+from gankit.metrics.judge import score_samples
 from gankit.registry import dataset_spec, task_class
+from gankit.resolve import resolve
 from gankit.runs import (
     build_task,
     default_out,
@@ -87,8 +89,7 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
     Under torchrun every rank calls this (gankit.distributed says what differs per rank);
     only rank 0 logs and writes."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    config = config.resolved()
-    validate(config)
+    config = resolve(config)
     device = pick_device(config.device)
     world = world_size()
     if config.batch_size % world:  # checked before the processes meet: each says it and leaves
@@ -380,10 +381,8 @@ def wants_eval(config: TrainConfig, epoch: int, last: bool) -> bool:
 
 def judge_samples(task, config: TrainConfig, native: int) -> dict:
     """The evaluator's figures for EVAL_SAMPLES fresh samples, as `eval_*` metrics."""
-    from gankit.metrics.judge import judge
-
     images = sampling.generate(task, EVAL_SAMPLES, seed=config.seed, native=native)  # balanced labels
-    result = judge(images, config.dataset, config.data_dir, seed=config.seed, floor=False,
+    result = score_samples(images, config.dataset, config.data_dir, seed=config.seed, floor=False,
                    progress=config.progress, labels=sampling.sample_labels(task, EVAL_SAMPLES))
     return {f"eval_{k}": v for k, v in result.items() if k not in ("n", "num_classes")}
 
