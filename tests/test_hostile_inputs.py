@@ -155,3 +155,113 @@ def test_loads_strict_reads_plain_json(tmp_path):
     assert loads_strict("[" * 100 + "]" * 100) is not None  # some nesting is fine
     (tmp_path / "x.json").write_text(text)
     assert files.read_json(tmp_path / "x.json") == loads_strict(text)
+
+
+# --- the folder cache's manifest -----------------------------------------------------------------
+
+def edit_manifest(found: Path, how: str) -> None:
+    """Rewrite the manifest into JSON that Python's json may read but gankit never writes."""
+    import json
+
+    path = found / "manifest.json"
+    fields = json.loads(path.read_text())
+    n = len(fields["labels"])
+    text = None
+    if how == "skipped Infinity":
+        text = json.dumps({**fields, "skipped": float("inf")})  # json writes it as Infinity
+    elif how == "npy_bytes NaN":
+        text = json.dumps({**fields, "npy_bytes": float("nan")})
+    elif how == "skipped 1e400":
+        text = json.dumps(fields).replace('"skipped": 1', '"skipped": 1e400')
+    elif how == "crop nested 10,000 deep":
+        text = json.dumps({**fields, "crop": None}).replace("null", "[" * 10_000 + "]" * 10_000)
+    elif how == "labels nested 10,000 deep":
+        text = json.dumps({**fields, "labels": None}).replace("null", "[" * 10_000 + "]" * 10_000)
+    elif how == "not an object":
+        text = json.dumps([fields])
+    elif how == "not UTF-8":
+        path.write_bytes(b"\xff\xfe" + path.read_bytes()[2:])
+        return
+    else:
+        changes = {
+            "labels as strings": {"labels": [str(label) for label in fields["labels"]]},
+            "labels out of range": {"labels": [5] * n},  # two class folders: 0 and 1
+            "labels negative": {"labels": [-3] * n},
+            "labels half unlabelled": {"labels": [-1] + fields["labels"][1:]},
+            "labels not integers": {"labels": [0.5] * n},
+            "labels true": {"labels": [True] * n},
+            "shape negative": {"shape": [-n, -3, -16, -16]},
+            "shape of other images": {"shape": [n, 3, 16, 17]},
+            "shape of three sizes": {"shape": [n, 3, 16]},
+            "shape as text": {"shape": "30x3x16x16"},
+            "skipped as text": {"skipped": "1"},
+            "skipped negative": {"skipped": -1, "shape": [n + 2, 3, 16, 16], "labels": fields["labels"] + [0, 0]},
+            "files not entries": {"files": [1, 2, 3]},
+            "size as text": {"size": "16"},
+        }
+        text = json.dumps({**fields, **changes[how]})
+    path.write_text(text)
+
+
+HOSTILE_MANIFESTS = ["skipped Infinity", "npy_bytes NaN", "skipped 1e400", "crop nested 10,000 deep",
+                     "labels nested 10,000 deep", "not an object", "not UTF-8", "labels as strings",
+                     "labels out of range", "labels negative", "labels half unlabelled", "labels not integers",
+                     "labels true", "shape negative", "shape of other images", "shape of three sizes",
+                     "shape as text", "skipped as text", "skipped negative", "files not entries", "size as text"]
+
+
+@pytest.mark.parametrize("how", HOSTILE_MANIFESTS)
+def test_a_hostile_manifest_is_a_damaged_cache_rebuilt_in_one_line(tmp_path, monkeypatch, how):
+    from test_folder_cache import count_decodes, load, make_folder, same, the_cache
+
+    images, cache_dir = make_folder(tmp_path / "images"), tmp_path / "cache"
+    first = load(images, cache_dir)
+    first.images = first.images.clone()  # it maps the cache file, which the rebuild replaces
+    edit_manifest(the_cache(cache_dir), how)
+    calls, messages = count_decodes(monkeypatch), []
+    same(load(images, cache_dir, log=messages.append), first)
+    assert calls == [1]
+    assert messages[0].startswith(f"rebuilding the image cache in '{the_cache(cache_dir)}': ")
+    assert "\n" not in messages[0] and len(messages[0]) < 300
+    reason = messages[0].split("': ", 1)[1]
+    assert reason.startswith("its manifest is damaged") or reason.startswith("it was made with another")
+    same(load(images, cache_dir), first)
+    assert calls == [1]  # rebuilt: valid again
+
+
+# --- GANKIT_MEMORY_LIMIT -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, limit", [("8000000000", 8_000_000_000), ("2G", 2 * 2**30), (" 512m ", 512 * 2**20),
+                                          ("1.5K", 1536), ("0", 0), ("", None)])
+def test_memory_limit_reads_bytes_and_suffixes(monkeypatch, value, limit):
+    from gankit.data.folder_cache import memory_limit_from_env
+
+    monkeypatch.setenv("GANKIT_MEMORY_LIMIT", value)
+    assert memory_limit_from_env() == limit
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "abc", "1e400", "8GB", "Infinity", "9" * 400 + ".5x", "٣"])
+def test_a_memory_limit_that_is_not_one_is_a_one_line_error(monkeypatch, value):
+    from gankit.data.folder_cache import available_memory, memory_limit_from_env
+    from gankit.errors import UserError
+
+    monkeypatch.setenv("GANKIT_MEMORY_LIMIT", value)
+    for read in (memory_limit_from_env, available_memory):
+        with pytest.raises(UserError) as info:
+            read()
+        message = str(info.value)
+        assert "\n" not in message and message.startswith(f"GANKIT_MEMORY_LIMIT={value!r} is not an amount")
+        assert "e.g. GANKIT_MEMORY_LIMIT=8000000000" in message and "8G" in message
+
+
+def test_train_with_a_bad_memory_limit_stops_before_decoding(tmp_path, capsys, monkeypatch):
+    from test_cli import assert_one_line_error, run_cli
+    from test_folder_cache import make_folder
+
+    images = make_folder(tmp_path / "images", n=4)
+    monkeypatch.setenv("GANKIT_MEMORY_LIMIT", "inf")
+    code, err = run_cli(["train", "--dataset", "folder", "--data-dir", str(images), "--image-size", "16",
+                         "--width", "8", "--nz", "8", "--batch-size", "4", "--max-steps", "1", "--no-progress",
+                         "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")], capsys)
+    assert_one_line_error(code, err, "GANKIT_MEMORY_LIMIT='inf'", "set it to bytes")
+    assert not list(tmp_path.glob("cache/folders/*/images.npy"))  # failed before a file was decoded
