@@ -8,7 +8,9 @@ import stat
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from gankit import files
 from gankit.files import loads_strict, remove_stale_temps, write_atomic
@@ -265,3 +267,44 @@ def test_train_with_a_bad_memory_limit_stops_before_decoding(tmp_path, capsys, m
                          "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")], capsys)
     assert_one_line_error(code, err, "GANKIT_MEMORY_LIMIT='inf'", "set it to bytes")
     assert not list(tmp_path.glob("cache/folders/*/images.npy"))  # failed before a file was decoded
+
+
+# --- links in an image folder --------------------------------------------------------------------
+
+def linked_folder(tmp_path: Path) -> Path:
+    """An image folder with every kind of link a folder can hold."""
+    root = tmp_path / "images"
+    for name in ("cats/1.png", "cats/2.png", "dogs/3.png", "elsewhere/birds/4.png"):
+        (root.parent / name if name.startswith("elsewhere") else root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), len(name), np.uint8)).save(
+            root.parent / name if name.startswith("elsewhere") else root / name)
+    (root / "cats" / "up").symlink_to("..")            # a loop: back to root
+    (root / "dogs" / "again").symlink_to(root / "dogs")  # a loop: to itself
+    (root / "kittens").symlink_to("cats")              # a second name for a folder inside root
+    (root / "birds").symlink_to(tmp_path / "elsewhere" / "birds")  # a class folder linked in from outside
+    (tmp_path / "elsewhere" / "birds" / "home").symlink_to(root)  # and a way back from there
+    (root / "cats" / "loop.png").symlink_to("loop.png")  # a file link round in a circle
+    (root / "dogs" / "gone.png").symlink_to("missing.png")  # a dangling link
+    return root
+
+
+def test_list_images_follows_links_once_and_never_loops(tmp_path):
+    from gankit.data.folder import list_images
+
+    root = linked_folder(tmp_path)
+    listed = [p.relative_to(root).as_posix() for p in list_images(root)]
+    assert listed == ["birds/4.png", "cats/1.png", "cats/2.png", "cats/loop.png", "dogs/3.png", "dogs/gone.png"]
+
+
+def test_a_folder_with_loops_and_dangling_links_loads_in_one_line_each(tmp_path):
+    from gankit.data.folder import load_folder
+
+    root = linked_folder(tmp_path)
+    messages = []
+    data = load_folder(root, size=8, channels=3, log=messages.append, progress=False, cache_dir=tmp_path / "cache")
+    assert len(data) == 4 and data.labels.tolist() == [0, 1, 1, 2]  # birds, cats, cats, dogs
+    assert messages[-1] == f"warning: skipped 2 of 6 files under '{root}' that could not be read as images"
+    messages.clear()
+    assert len(load_folder(root, size=8, channels=3, log=messages.append, progress=False,
+                           cache_dir=tmp_path / "cache")) == 4
+    assert len(messages) == 1  # the cache, with the dangling links in its listing, is reused
