@@ -269,6 +269,178 @@ def test_train_with_a_bad_memory_limit_stops_before_decoding(tmp_path, capsys, m
     assert not list(tmp_path.glob("cache/folders/*/images.npy"))  # failed before a file was decoded
 
 
+# --- image modes: one rule for each (folder.as_mode) ---------------------------------------------
+
+def square(row) -> np.ndarray:
+    """A row of 4 pixels as a 4x4 image (4 rows alike): decoded at 4x4 with no crop, nothing
+    is resampled, so each pixel can be compared with the rule."""
+    row = np.asarray(row)
+    return np.repeat(row[None], 4, axis=0)
+
+
+WIDE = square([0, 128, 32768, 65535]), square([1, 129, 257, 65279])  # 16-bit gray values
+
+
+def scaled16(values) -> np.ndarray:
+    """The documented rule for 16-bit gray: round(v * 255 / 65535), in floats here."""
+    return np.round(np.clip(np.asarray(values, np.float64), 0, 65535) * 255 / 65535).astype(np.uint8)
+
+
+def luma(rgb) -> np.ndarray:
+    """ITU-R 601 gray of an RGB array, as the docstring says channels=1 gives."""
+    rgb = np.asarray(rgb, np.float64)
+    return np.round(rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).astype(np.uint8)
+
+
+def gray(values) -> np.ndarray:
+    return np.repeat(np.asarray(values, np.uint8)[..., None], 3, axis=-1)
+
+
+def as_tiff(img, path):
+    """A TIFF under a .png name: Pillow opens a file by what it holds, so such a file is read,
+    and it is how an 'I;16B', 'I' or 'F' image reaches the loader."""
+    img.save(path, format="TIFF")
+
+
+def palette_image():
+    img = Image.fromarray(square([0, 1, 2, 3]).astype(np.uint8), "P")
+    img.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 20, 40, 60] + [0] * (256 - 4) * 3)
+    return img
+
+
+RGBA = square([[255, 0, 0, 255], [0, 0, 0, 0], [0, 0, 255, 128], [10, 200, 30, 255]]).astype(np.uint8)
+PALETTE = square([[0, 0, 0], [255, 0, 0], [0, 255, 0], [20, 40, 60]])
+LA = square([[100, 255], [100, 0], [0, 128], [200, 255]]).astype(np.uint8)
+F_UNIT, F_BYTE = square([0, 0.25, 1.0, np.nan]).astype(np.float32), square([-2, 100.4, 254.6, 300]).astype(np.float32)
+INT32 = square([-5, 0, 257, 70000]).astype(np.int32)
+
+# Each mode: how the file is made, and the RGB that the documented rule gives (channels=1: its luma).
+MODES = {
+    "I;16": (lambda p: Image.fromarray(WIDE[0].astype(np.uint16)).save(p), gray(scaled16(WIDE[0]))),
+    "I;16 again": (lambda p: Image.fromarray(WIDE[1].astype(np.uint16)).save(p), gray(scaled16(WIDE[1]))),
+    "I;16B": (lambda p: as_tiff(Image.frombytes("I;16B", (4, 4), WIDE[0].astype(">u2").tobytes()), p),
+              gray(scaled16(WIDE[0]))),
+    "I": (lambda p: as_tiff(Image.fromarray(INT32), p), gray(scaled16(np.clip(INT32, 0, 65535)))),
+    "F in 0..1": (lambda p: as_tiff(Image.fromarray(F_UNIT), p), gray(square([0, 64, 255, 0]))),
+    "F in 0..255": (lambda p: as_tiff(Image.fromarray(F_BYTE), p), gray(square([0, 100, 255, 255]))),
+    "RGBA": (lambda p: Image.fromarray(RGBA, "RGBA").save(p),  # red, transparent, half-transparent blue, green
+             square([[255, 0, 0], [255, 255, 255], [127, 127, 255], [10, 200, 30]])),
+    "P": (lambda p: palette_image().save(p), PALETTE),
+    "P with transparency": (lambda p: palette_image().save(p, transparency=1),
+                            square([[0, 0, 0], [255, 255, 255], [0, 255, 0], [20, 40, 60]])),
+    "LA": (lambda p: Image.fromarray(LA, "LA").save(p), gray(square([100, 255, 127, 200]))),
+    "L with a transparent value": (lambda p: Image.fromarray(square([0, 50, 50, 200]).astype(np.uint8))
+                                   .save(p, transparency=50), gray(square([0, 255, 255, 200]))),
+    "I;16 with a transparent value": (lambda p: Image.fromarray(WIDE[1].astype(np.uint16)).save(p, transparency=257),
+                                      gray(np.where(WIDE[1] == 257, 255, scaled16(WIDE[1])))),
+    "1": (lambda p: Image.fromarray(square([True, False, True, True])).save(p), gray(square([255, 0, 255, 255]))),
+    "CMYK": (lambda p: Image.new("CMYK", (4, 4), (255, 0, 0, 0)).save(p.with_suffix(".jpg"), quality=100),
+             square([[0, 255, 255]] * 4)),
+}
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("mode", list(MODES))
+def test_each_image_mode_decodes_to_its_documented_values(tmp_path, mode, channels):
+    from gankit.data.folder import load_image, read_image
+
+    make, rgb = MODES[mode]
+    path = tmp_path / "image.png"
+    make(path)
+    path = path if path.exists() else path.with_suffix(".jpg")
+    with Image.open(path) as img:
+        assert img.mode == mode.split(" ")[0]  # the file really is in that mode
+    expected = (rgb if channels == 3 else luma(rgb)[..., None]).astype(int)
+    decoded = load_image(path, 4, channels, crop="none")
+    assert decoded.shape == (4, 4, channels) and decoded.dtype == np.uint8
+    tolerance = 3 if mode == "CMYK" else 1  # 1: a half-transparent blend, or luma's rounding; CMYK: a JPEG
+    assert np.abs(decoded.astype(int) - expected).max() <= tolerance, (decoded[0, :, 0], expected[0, :, 0])
+    if mode.startswith(("I", "F", "1", "L with")):
+        assert np.array_equal(decoded, expected)  # integer rules: exact
+    image, warning = read_image(path, size=4, channels=channels, crop="none")
+    assert np.array_equal(image, decoded.transpose(2, 0, 1)) and warning is None
+
+
+# --- Pillow's warnings, said once ----------------------------------------------------------------
+
+def jpeg_with_corrupt_exif(pixels: np.ndarray) -> bytes:
+    """A JPEG from Pillow with an APP1 Exif segment inserted after SOI whose TIFF directory
+    promises 65,535 entries and holds 3: Pillow reads the pixels and warns "Corrupt EXIF
+    data", as it does for some cameras' files."""
+    import io
+    import struct
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+    jpeg = buffer.getvalue()
+    tiff = b"II*\x00\x08\x00\x00\x00" + b"\xff\xff" + bytes(30)  # little-endian, directory at 8: 65,535 entries
+    segment = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(segment) + 2) + segment + jpeg[2:]
+
+
+def photo_folder(root: Path, damaged: int, fine: int) -> Path:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for k in range(damaged + fine):
+        pixels = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+        name = f"{k:03d}.jpg"
+        if k < damaged:
+            (root / name).write_bytes(jpeg_with_corrupt_exif(pixels))
+            Image.fromarray(pixels).save(root.parent / f"plain-{name}", "JPEG", quality=95)  # the same, no EXIF
+        else:
+            Image.fromarray(pixels).save(root / name, "JPEG", quality=95)
+    return root
+
+
+def test_the_crafted_jpeg_does_make_pillow_warn(tmp_path):
+    path = tmp_path / "x.jpg"
+    path.write_bytes(jpeg_with_corrupt_exif(np.zeros((8, 8, 3), np.uint8)))
+    with pytest.warns(UserWarning, match="Corrupt EXIF data"):
+        Image.open(path).close()
+
+
+@pytest.mark.parametrize("workers, cached", [(1, False), (2, False), (2, True)])
+def test_damaged_metadata_is_one_warning_line_for_the_whole_folder(tmp_path, capfd, workers, cached):
+    import warnings
+
+    from gankit.data.folder import load_folder, load_image
+
+    root = photo_folder(tmp_path / "photos", damaged=5, fine=3)
+    messages = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a Pillow warning that escaped would fail the load here
+        data = load_folder(root, size=16, channels=3, log=messages.append, progress=False, workers=workers,
+                           cache_dir=tmp_path / "cache" if cached else None)
+    said = [m for m in messages if "Pillow" in m]
+    assert len(said) == 1 and "\n" not in said[0], messages
+    assert said[0].startswith("warning: 5 of 8 files had damaged metadata, which Pillow warned of (e.g. '")
+    assert "000.jpg': Corrupt EXIF data." in said[0] and said[0].endswith("; their pixels were read")
+    assert "Warning" not in capfd.readouterr().err  # nor from a worker process
+    assert len(data) == 8  # every file read
+    for k in range(5):  # the pixels, as the same JPEG without its EXIF gives them
+        plain = load_image(tmp_path / f"plain-{k:03d}.jpg", 16, 3)
+        assert np.array_equal(data.images[k].permute(1, 2, 0).numpy(), plain)
+
+
+def test_files_without_warnings_say_nothing_of_metadata(tmp_path):
+    from gankit.data.folder import load_folder
+
+    messages = []
+    load_folder(photo_folder(tmp_path / "photos", damaged=0, fine=4), size=16, log=messages.append, progress=False)
+    assert messages == []
+
+
+def test_decode_into_reports_warnings_from_pickled_workers_too(tmp_path):
+    from gankit.data.folder import decode_into, list_images
+
+    paths = list_images(photo_folder(tmp_path / "photos", damaged=2, fine=2))
+    messages = []
+    target = np.zeros((4, 3, 16, 16), np.uint8)  # not shared memory: images come back pickled
+    kept = decode_into(target, paths, size=16, channels=3, workers=2, progress=False, log=messages.append)
+    assert kept == [0, 1, 2, 3]
+    assert len(messages) == 1 and messages[0].startswith("warning: 2 of 4 files had damaged metadata")
+
+
 # --- links in an image folder --------------------------------------------------------------------
 
 def linked_folder(tmp_path: Path) -> Path:

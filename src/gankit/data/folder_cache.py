@@ -46,7 +46,7 @@ import torch
 from gankit.errors import UserError
 from gankit.files import TEMP_SUFFIX, fsync_folder, loads_strict, write_atomic
 
-FORMAT_VERSION = 2  # 2: JPEGs decoded at a reduced scale (folder.load_image's draft)
+FORMAT_VERSION = 3  # 2: JPEGs decoded at a reduced scale (load_image's draft); 3: 16-bit, float, alpha by as_mode
 IMAGES, MANIFEST = "images.npy", "manifest.json"
 HEADER_BYTES = 128      # the .npy header, padded to a fixed size (numpy aligns data to 64 bytes)
 MIB = 2**20
