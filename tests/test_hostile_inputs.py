@@ -89,10 +89,23 @@ def test_a_directory_is_refused_and_left_as_it_is(tmp_path):
     folder = tmp_path / "samples.png"
     folder.mkdir()
     (folder / "inside").write_bytes(b"kept")
-    with pytest.raises(IsADirectoryError, match="is a directory; give the path of a file"):
+    with pytest.raises(IsADirectoryError, match="Is a directory"):
         write_atomic(folder, b"image")
     assert kind(folder) == "dir" and [p.name for p in tmp_path.iterdir()] == ["samples.png"]
     assert (folder / "inside").read_bytes() == b"kept"
+
+
+def test_a_socket_is_refused_and_left_as_it_is(tmp_path):
+    import socket
+
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(tmp_path / "s.sock"))
+        with pytest.raises(OSError, match="Not a file, FIFO or character device"):
+            write_atomic(tmp_path / "s.sock", b"x")
+        assert stat.S_ISSOCK(os.lstat(tmp_path / "s.sock").st_mode) and len(list(tmp_path.iterdir())) == 1
+    finally:
+        server.close()
 
 
 def test_a_link_loop_is_an_os_error_not_a_hang(tmp_path):

@@ -86,9 +86,9 @@ def replaced_file(path: Path) -> Path | None:
         return Path(os.path.realpath(path)) if os.path.islink(path) else path
     if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
         return None
-    code = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
-    kind = "a directory" if stat.S_ISDIR(mode) else "a socket or block device, not a file"
-    raise OSError(code, f"is {kind}; give the path of a file", str(path))
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    raise OSError(errno.EINVAL, "Not a file, FIFO or character device (a socket or block device)", str(path))
 
 
 def write_in_place(path: Path, data: bytes) -> Path:

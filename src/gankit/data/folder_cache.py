@@ -335,8 +335,8 @@ def available_memory() -> int | None:
 
 def memory_limit_from_env() -> int | None:
     """$GANKIT_MEMORY_LIMIT in bytes ("2G", "512M", "1.5G", "1000000"); None when unset or
-    empty. Anything else (inf, nan, -1, abc, 1e400, 8GB) is a UserError: read as no limit,
-    or as its number without the suffix, it would put a dataset in memory it does not fit."""
+    empty. Anything else (inf, nan, -1, abc, 1e400, 8GB) is a UserError, in one line: a limit
+    guessed at would put a dataset in memory it does not fit in, or stream one that fits."""
     raw = os.environ.get(MEMORY_LIMIT_ENV, "")
     text = raw.strip().upper()
     if not text:
