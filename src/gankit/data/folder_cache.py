@@ -140,12 +140,13 @@ FIELDS = {"version": int, "root": str, "size": int, "channels": int, "crop": (st
 
 
 def wrong_field(manifest, keys) -> str | None:
-    """The first of `keys` that the manifest lacks or holds with another type, else None."""
+    """What is wrong with the first of `keys` that the manifest lacks or holds with another
+    type, in a few words; None when all are there."""
     if not isinstance(manifest, dict):
-        return "not an object"
+        return "it is not a JSON object"
     for key in keys:
         if key not in manifest or not isinstance(manifest[key], FIELDS[key]) or isinstance(manifest[key], bool):
-            return key
+            return f"its {key} is missing or of another type"
     return None
 
 
