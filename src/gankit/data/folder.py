@@ -111,7 +111,8 @@ def crop_box(path: Path, width: int, height: int, crop: str | int) -> tuple[int,
 
 
 def load_image(path: Path, size: int, channels: int, crop: str | int = "center", draft: bool = True) -> np.ndarray:
-    """(size, size, channels) uint8: crop (by default the centre square), then resize (bicubic).
+    """(size, size, channels) uint8: crop (by default the centre square), then resize (bicubic);
+    every mode (16-bit, float, transparent, palette, CMYK) by as_mode's rule.
 
     draft: a JPEG is decoded at the smallest of its scales 1/2, 1/4, 1/8 that still gives the
     cropped region at `size` or more (libjpeg scales in the frequency domain, a proper
