@@ -43,20 +43,50 @@ UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Im
 def list_images(root: Path) -> list[Path]:
     """The image files under root, recursively, in the order of their paths' parts (as sorted
     Paths): os.scandir, which knows a directory entry's type without a stat, is several times
-    faster than Path.rglob on 100,000 files. Like rglob, it does not follow links to folders."""
-    found, folders = [], [str(root)]
+    faster than Path.rglob on 100,000 files.
+
+    Links are followed, to folders too, so that a class folder linked in from elsewhere is
+    listed; each real folder is listed once, under one name. A link to a folder inside root
+    (its parent: a loop; or a second name for a folder) is passed over, that folder being
+    listed under its own name; a link to one outside it is followed, once (the folders are
+    walked in sorted order, so that the same name wins each time). A link with an image's
+    name that leads nowhere (dangling, or round in a circle) is listed: its decode fails and
+    it is counted with the files that could not be read."""
+    real_root = os.path.realpath(root)
+    found, folders, seen = [], [str(root)], set()
     while folders:
+        folder = folders.pop()
         try:
-            entries = list(os.scandir(folders.pop()))
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in seen:  # reached again through links outside root
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            entries = list(os.scandir(folder))
         except OSError:  # a folder that vanished or cannot be read: its files are not there
             continue
+        inside = []
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                folders.append(entry.path)
-            elif os.path.splitext(entry.name)[1].lower() in EXTENSIONS and entry.is_file():
+            if is_folder(entry):
+                if not entry.is_symlink() or not is_within(os.path.realpath(entry.path), real_root):
+                    inside.append(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() in EXTENSIONS and (entry.is_symlink() or entry.is_file()):
                 found.append(entry.path)
+        folders += sorted(inside, reverse=True)  # reversed: the stack pops the first name first
     start = len(str(root)) + 1
     return [Path(p) for p in sorted(found, key=lambda p: p[start:].split(os.sep))]
+
+
+def is_within(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def is_folder(entry: os.DirEntry) -> bool:
+    """Whether a directory entry is a folder or a link to one; False for a link that leads
+    nowhere (DirEntry.is_dir raises for a loop, where it returns False for a dangling link)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def parse_crop(text) -> str | int:
@@ -82,7 +112,8 @@ def crop_box(path: Path, width: int, height: int, crop: str | int) -> tuple[int,
 
 
 def load_image(path: Path, size: int, channels: int, crop: str | int = "center", draft: bool = True) -> np.ndarray:
-    """(size, size, channels) uint8: crop (by default the centre square), then resize (bicubic).
+    """(size, size, channels) uint8: crop (by default the centre square), then resize (bicubic);
+    every mode (16-bit, float, transparent, palette, CMYK) by as_mode's rule.
 
     draft: a JPEG is decoded at the smallest of its scales 1/2, 1/4, 1/8 that still gives the
     cropped region at `size` or more (libjpeg scales in the frequency domain, a proper
@@ -99,11 +130,61 @@ def load_image(path: Path, size: int, channels: int, crop: str | int = "center",
         box = crop_box(path, *img.size, crop)  # from the header: a too-small image fails before decoding
         if draft and img.format == "JPEG":
             return drafted(img, box, size, mode).reshape(size, size, channels)
-        img = img.convert(mode)
+        img = as_mode(img, mode)
         if box is not None:
             img = img.crop(box)
         img = img.resize((size, size), Image.Resampling.BICUBIC)
         return np.asarray(img, dtype=np.uint8).reshape(size, size, channels)
+
+
+# Pillow's modes of more than 8 bits a channel: as_mode scales them to 0..255 itself, where
+# Pillow's convert would clip (a 16-bit PNG would come out nearly all white).
+SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+ALPHA = {"RGBA", "RGBa", "LA", "La", "PA"}
+BACKGROUND = 255  # white: what a transparent pixel becomes (as_mode)
+
+
+def as_mode(img: Image.Image, mode: str) -> Image.Image:
+    """`img` as `mode` ("L" or "RGB", 8 bits a channel), by one rule for every mode Pillow opens:
+
+    - 1, L, P, RGB, CMYK, YCbCr and the other 8-bit modes: Pillow's conversion. Colour to
+      gray is ITU-R 601 luma, L = 0.299 R + 0.587 G + 0.114 B; gray to colour repeats it;
+      a palette gives its colours; '1' gives 0 and 255; CMYK gives R = (255 - C)(255 - K)/255
+      and so on (no colour profile).
+    - 16-bit gray (I;16, I;16B, I;16L, I;16N: a 16-bit grayscale PNG): round(v * 255 / 65535),
+      so 0 is 0 and 65535 is 255. 'I' (32-bit integers, what older Pillow made of a 16-bit
+      PNG) is read as 16-bit the same way, clipped to 0..65535 first. A 16-bit colour PNG
+      Pillow itself reads as 8-bit RGB (each value's high byte).
+    - F (32-bit floats, from a TIFF): values in 0..1 when none is above 1, scaled by 255;
+      else values in 0..255, as they are. Clipped to 0..255 and rounded; NaN is 0.
+    - Transparency (RGBA, LA, PA, a palette's transparent entries, a PNG's transparent
+      colour): composited over white, as a web page shows the image: a transparent pixel
+      becomes white, a half-transparent one its colour blended with white by its alpha. This
+      comes before the resize, so the colour hidden under transparent pixels never shows."""
+    if img.mode in SIXTEEN_BIT or img.mode == "F":
+        img = eight_bit(img)
+    if img.mode in ALPHA or "transparency" in img.info:
+        white = Image.new("RGBA", img.size, (BACKGROUND,) * 4)
+        img = Image.alpha_composite(white, img.convert("RGBA"))
+    return img.convert(mode)
+
+
+def eight_bit(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float gray image as L (as_mode's rule); LA where a 16-bit
+    PNG names a transparent value."""
+    values = np.asarray(img)
+    if img.mode == "F":
+        values = np.nan_to_num(values.astype(np.float64), nan=0.0)
+        scale = 255.0 if values.max(initial=0.0) <= 1.0 else 1.0
+        gray = np.rint(np.clip(values * scale, 0, 255)).astype(np.uint8)
+    else:
+        wide = np.clip(values.astype(np.int64), 0, 65535)
+        gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)  # rounded, in integers
+    out = Image.fromarray(gray)
+    transparent = img.info.get("transparency")
+    if isinstance(transparent, int) and img.mode != "F":
+        out.putalpha(Image.fromarray(np.where(values == transparent, 0, 255).astype(np.uint8)))
+    return out
 
 
 def drafted(img: Image.Image, box: tuple[int, int, int, int] | None, size: int, mode: str) -> np.ndarray:
@@ -115,19 +196,30 @@ def drafted(img: Image.Image, box: tuple[int, int, int, int] | None, size: int, 
     img.draft(mode, wanted)
     sx, sy = img.size[0] / width, img.size[1] / height
     region = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-    img = img.convert(mode).resize((size, size), Image.Resampling.BICUBIC, box=region)
+    img = as_mode(img, mode).resize((size, size), Image.Resampling.BICUBIC, box=region)
     return np.asarray(img, dtype=np.uint8)
 
 
-def read_image(path: Path, *, size: int, channels: int, crop: str | int, draft: bool = True) -> np.ndarray | None:
+def read_image(path: Path, *, size: int, channels: int, crop: str | int,
+               draft: bool = True) -> tuple[np.ndarray | None, str | None]:
     """One image as (channels, size, size) uint8, or None when the file cannot be read as
-    an image. Runs in the worker processes, so the transpose is done there too."""
-    try:
-        return np.ascontiguousarray(load_image(path, size, channels, crop, draft).transpose(2, 0, 1))
-    except UserError:
-        raise  # a crop the image cannot give: the user's choice to fix, not a bad file (UserError is a ValueError)
-    except UNREADABLE:
-        return None  # unreadable, truncated, not an image, or too large to be safe
+    an image; and the first warning Pillow gave while reading it (damaged EXIF metadata,
+    most often), or None. Runs in the worker processes, so the transpose is done there too.
+
+    Pillow's warnings are caught here, file by file, so that a folder of 10,000 photos with
+    a camera's broken EXIF does not print 20,000 lines; decode_into says them in one."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            image = np.ascontiguousarray(load_image(path, size, channels, crop, draft).transpose(2, 0, 1))
+        except UserError:
+            raise  # a crop the image cannot give: the user's choice to fix, not a bad file (UserError is a ValueError)
+        except UNREADABLE:
+            return None, None  # unreadable, truncated, not an image, or too large to be safe
+    for other in (w for w in caught if not issubclass(w.category, UserWarning)):  # not the file's: as they were
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    noted = [w for w in caught if issubclass(w.category, UserWarning)]
+    return image, (" ".join(str(noted[0].message).split())[:200] if noted else None)
 
 
 def worker_count(files: int) -> int:
@@ -148,35 +240,50 @@ def pool_context():
 
 def decode_into(target: np.ndarray, paths: list[Path], *, size: int, channels: int, crop: str | int = "center",
                 workers: int | None = None, progress: bool = True, desc: str = "decoding",
-                draft: bool = True) -> list[int]:
+                draft: bool = True, log: Callable[[str], None] | None = None) -> list[int]:
     """Decode `paths` into target's first rows ((N, channels, size, size) uint8), in path
     order, skipping the files that cannot be read. Returns the indices of the kept paths:
     row k holds paths[kept[k]]. workers=None: every core, or one process for a few files.
+    The files Pillow warned of (read_image) are said in one line to `log` (None: stderr).
 
     Where the workers are forked and `target` is shared memory (a cache file mapped shared,
-    or shared_array's), each worker writes its rows into it: nothing but a list of which
-    files were readable comes back through a pipe. Otherwise the images come back pickled."""
+    or shared_array's), each worker writes its rows into it: nothing but a flag per file
+    (put's) comes back through a pipe. Otherwise the images come back pickled."""
     decode = functools.partial(read_image, size=size, channels=channels, crop=crop, draft=draft)
     workers = worker_count(len(paths)) if workers is None else workers
     with tqdm(total=len(paths), desc=desc, unit="files", disable=not progress, file=sys.stderr) as bar:
         if workers > 1 and pool_context().get_start_method() == "fork" and is_shared(target):
             readable = decode_in_place(target, paths, decode, workers, bar)
         else:
-            readable = [put(target, index, image) for index, image in enumerate(decoded(paths, decode, workers, bar))]
+            readable = [put(target, index, result) for index, result in enumerate(decoded(paths, decode, workers, bar))]
     kept = [index for index, ok in enumerate(readable) if ok]
     for row, index in enumerate(kept):  # skipped files leave gaps: close them, moving rows down
         if row != index:
             target[row] = target[index]
+    report_warnings(paths, readable, log or (lambda message: print(message, file=sys.stderr)))
     return kept
 
 
-def put(target: np.ndarray, index: int, image: np.ndarray | None) -> bool:
-    if image is not None:
-        target[index] = image
-    return image is not None
+def report_warnings(paths: list[Path], flags: list[bool | str], log: Callable[[str], None]) -> None:
+    """One line for every file that was read with a warning from Pillow (put's flags), if any."""
+    warned = [(paths[index], flag) for index, flag in enumerate(flags) if isinstance(flag, str)]
+    if warned:
+        path, text = warned[0]
+        log(f"warning: {len(warned)} of {len(paths)} files had damaged metadata, which Pillow warned of "
+            f"(e.g. '{path}': {text}); their pixels were read")
 
 
-def decoded(paths: list[Path], decode: Callable, workers: int, bar) -> Iterator[np.ndarray | None]:
+def put(target: np.ndarray, index: int, result: tuple[np.ndarray | None, str | None]) -> bool | str:
+    """Store a read_image result in target[index]; its flag: False for a file that could not
+    be read, else True, or Pillow's warning for it (all that crosses a pipe from a worker)."""
+    image, warning = result
+    if image is None:
+        return False
+    target[index] = image
+    return warning or True
+
+
+def decoded(paths: list[Path], decode: Callable, workers: int, bar) -> Iterator[tuple]:
     """decode(path) for every path, in order: in this process, or in `workers` processes."""
     if workers <= 1:
         for path in paths:
@@ -186,8 +293,8 @@ def decoded(paths: list[Path], decode: Callable, workers: int, bar) -> Iterator[
     pool = ProcessPoolExecutor(workers, mp_context=pool_context())
     try:
         # Chunks keep the per-task overhead small; several per worker keep the cores busy to the end.
-        for image in pool.map(decode, paths, chunksize=chunk_size(len(paths), workers)):
-            yield image
+        for result in pool.map(decode, paths, chunksize=chunk_size(len(paths), workers)):
+            yield result
             bar.update()
     except BaseException:  # an error, Ctrl+C, or a consumer that stopped early: drop the queued chunks
         pool.shutdown(wait=True, cancel_futures=True)
@@ -204,13 +311,13 @@ def chunk_size(files: int, workers: int) -> int:
 _SHARED: dict = {}
 
 
-def decode_rows(start: int, stop: int) -> tuple[int, list[bool]]:
+def decode_rows(start: int, stop: int) -> tuple[int, list[bool | str]]:
     """In a worker: decode paths[start:stop] into their own rows of the shared target."""
     target, paths, decode = _SHARED["target"], _SHARED["paths"], _SHARED["decode"]
     return start, [put(target, index, decode(paths[index])) for index in range(start, stop)]
 
 
-def decode_in_place(target: np.ndarray, paths: list[Path], decode: Callable, workers: int, bar) -> list[bool]:
+def decode_in_place(target: np.ndarray, paths: list[Path], decode: Callable, workers: int, bar) -> list[bool | str]:
     """Every file decoded into target[its index] by `workers` forked processes."""
     readable = [False] * len(paths)
     step = chunk_size(len(paths), workers)
@@ -298,7 +405,7 @@ def load_folder(root: Path, *, size: int, channels: int = 3, log=None, crop: str
     def build(target: np.ndarray) -> tuple[list[int], int]:
         """Decode into target; the labels of the kept images and the count of skipped files."""
         kept = decode_into(target, paths, size=size, channels=channels, crop=crop, workers=workers,
-                           progress=progress, desc=f"decoding {root.name or root}", draft=draft)
+                           progress=progress, desc=f"decoding {root.name or root}", draft=draft, log=log)
         if not kept:
             raise UserError(f"none of the {len(paths)} image files under '{root}' could be read; check that they "
                             "are valid PNG/JPEG files")

@@ -37,14 +37,16 @@ import struct
 import warnings
 import weakref
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gankit.files import TEMP_SUFFIX, fsync_folder, write_atomic
+from gankit.errors import UserError
+from gankit.files import TEMP_SUFFIX, fsync_folder, loads_strict, write_atomic
 
-FORMAT_VERSION = 2  # 2: JPEGs decoded at a reduced scale (folder.load_image's draft)
+FORMAT_VERSION = 3  # 2: JPEGs decoded at a reduced scale (load_image's draft); 3: 16-bit, float, alpha by as_mode
 IMAGES, MANIFEST = "images.npy", "manifest.json"
 HEADER_BYTES = 128      # the .npy header, padded to a fixed size (numpy aligns data to 64 bytes)
 MIB = 2**20
@@ -81,6 +83,7 @@ def load_or_build(cache_dir: Path, root: Path, paths: list[Path], *, shape: tupl
     """(images memmap, labels, files skipped) from the cache of `root`, built first when it
     is missing, stale or damaged; None when the cache cannot be used (the caller decodes
     in memory then; the reason is logged). shape: (files, channels, size, size)."""
+    memory_limit_from_env()  # read after the build (folder.as_tensor): a bad value fails now, not after it
     resolved = root.resolve()
     folder = cache_folder(cache_dir, resolved, size=shape[-1], channels=shape[1], crop=crop)
     if folder.resolve().is_relative_to(resolved):
@@ -108,32 +111,96 @@ def open_cache(folder: Path, expected: dict) -> tuple[tuple | None, str | None]:
     """((images, labels, skipped), None) for a cache that matches `expected`, else (None,
     why not); the reason is None when there is no cache at all."""
     try:
-        text = (folder / MANIFEST).read_text()
+        text = (folder / MANIFEST).read_bytes()
     except FileNotFoundError:
         return None, None
     except OSError as e:
         return None, f"its manifest cannot be read ({e.strerror or e})"
     try:
-        manifest = json.loads(text)
+        # Strict: Infinity or NaN, which Python's json takes, would fail later (int(inf)), and
+        # deep nesting would be a RecursionError; each is a damaged manifest, as bad JSON is.
+        manifest = loads_strict(text)
+    except ValueError as e:  # not JSON (nor UTF-8), or not JSON as loads_strict reads it
+        return None, f"its manifest is damaged ({one_line(e)})"
+    try:
         return check_cache(folder, manifest, expected)
-    except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, or not the fields it should have
+    except (ValueError, KeyError, TypeError, AttributeError):  # file entries that are not [path, size, mtime]
         return None, "its manifest is damaged"
 
 
-def check_cache(folder: Path, manifest: dict, expected: dict) -> tuple[tuple | None, str | None]:
-    """The cached images, or why they cannot be trusted. Raises KeyError, TypeError or
-    ValueError for a manifest without the right fields."""
+def one_line(error: Exception) -> str:
+    """An exception's message, cut to a line short enough for a log message."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+# Each field of a manifest and its JSON type (bool, an int to Python, is refused apart).
+FIELDS = {"version": int, "root": str, "size": int, "channels": int, "crop": (str, int), "files": list,
+          "shape": list, "labels": list, "skipped": int, "npy_bytes": int, "checksum": str}
+
+
+def wrong_field(manifest, keys) -> str | None:
+    """What is wrong with the first of `keys` that the manifest lacks or holds with another
+    type, in a few words; None when all are there."""
+    if not isinstance(manifest, dict):
+        return "it is not a JSON object"
+    for key in keys:
+        if key not in manifest or not isinstance(manifest[key], FIELDS[key]) or isinstance(manifest[key], bool):
+            return f"its {key} is missing or of another type"
+    return None
+
+
+def labels_fit(labels: list, files: list) -> bool:
+    """Whether labels are what folder_labels gives for some of `files`: all -1, or all class
+    numbers 0 .. (first-level folders) - 1."""
+    if not all(type(label) is int for label in labels):
+        return False
+    if all(label == -1 for label in labels):
+        return True
+    classes = len({path.partition("/")[0] for path, _, _ in files})
+    return min(labels) >= 0 and max(labels) < classes
+
+
+def layout_problem(manifest: dict, expected: dict) -> str | None:
+    """What is wrong with the manifest's shape, labels and count of skipped files, for the
+    folder's files (`expected`, already found to be the manifest's); None when nothing."""
+    shape, labels, skipped = manifest["shape"], manifest["labels"], manifest["skipped"]
+    if len(shape) != 4 or not all(type(n) is int and n >= 0 for n in shape):
+        return "its shape is not four sizes"
+    if shape[1:] != [expected["channels"], expected["size"], expected["size"]]:
+        return f"its shape {shape} is not {expected['channels']}x{expected['size']}x{expected['size']} images"
+    if skipped < 0 or len(labels) != shape[0] or shape[0] + skipped != len(expected["files"]):
+        return "its counts of images, labels, skipped and listed files disagree"
+    if not labels_fit(labels, expected["files"]):
+        return "its labels are not class numbers of the folder"
+    return None
+
+
+def check_cache(folder: Path, manifest, expected: dict) -> tuple[tuple | None, str | None]:
+    """The cached images, or why they cannot be trusted. A manifest with fields of the wrong
+    types or out of range is damaged, however it parsed: a hostile or half-edited one
+    must cost a rebuild, never a traceback."""
+    wrong = wrong_field(manifest, SETTINGS)
+    if wrong:
+        return None, f"its manifest is damaged ({wrong})"
     for key in SETTINGS:
         if manifest[key] != expected[key]:
             return None, f"it was made with another {key} ({manifest[key]!r})"
+    wrong = wrong_field(manifest, FIELDS)
+    if wrong:
+        return None, f"its manifest is damaged ({wrong})"
     changes = describe_changes(manifest["files"], expected["files"])
     if changes:
         return None, changes
-    shape, labels, skipped = manifest["shape"], manifest["labels"], int(manifest["skipped"])
-    if (len(shape) != 4 or shape[1:] != [expected["channels"], expected["size"], expected["size"]]
-            or len(labels) != shape[0] or shape[0] + skipped != len(expected["files"])
-            or not all(type(label) is int for label in labels)):
-        return None, "its manifest is damaged"
+    problem = layout_problem(manifest, expected)
+    if problem:
+        return None, f"its manifest is damaged ({problem})"
+    return open_array(folder, manifest, expected)
+
+
+def open_array(folder: Path, manifest: dict, expected: dict) -> tuple[tuple | None, str | None]:
+    """The cached images, memory-mapped, once the array's size and checksum match the manifest."""
+    shape, labels, skipped = manifest["shape"], manifest["labels"], manifest["skipped"]
     npy = folder / IMAGES
     try:
         if npy.stat().st_size != manifest["npy_bytes"]:
@@ -268,14 +335,20 @@ def available_memory() -> int | None:
 
 
 def memory_limit_from_env() -> int | None:
-    """$GANKIT_MEMORY_LIMIT in bytes ("2G", "512M", "1000000"); None when unset or unreadable."""
-    text = os.environ.get(MEMORY_LIMIT_ENV, "").strip().upper()
-    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
-    number = text[:-1] if scale > 1 else text
-    try:
-        return int(float(number) * scale) if number else None
-    except ValueError:
+    """$GANKIT_MEMORY_LIMIT in bytes ("2G", "512M", "1.5G", "1000000"); None when unset or
+    empty. Anything else (inf, nan, -1, abc, 1e400, 8GB) is a UserError, in one line: a limit
+    guessed at would put a dataset in memory it does not fit in, or stream one that fits."""
+    raw = os.environ.get(MEMORY_LIMIT_ENV, "")
+    text = raw.strip().upper()
+    if not text:
         return None
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([KMG]?)", text)  # digits only: no inf, nan, sign or exponent
+    if match is None:
+        raise UserError(f"{MEMORY_LIMIT_ENV}={raw!r} is not an amount of memory; set it to bytes (e.g. "
+                        f"{MEMORY_LIMIT_ENV}=8000000000) or with a K, M or G suffix (e.g. 8G), or unset it")
+    number, suffix = match.groups()
+    # Decimal: exact, where a float would make 400 digits inf (and int(inf) an OverflowError).
+    return int(Decimal(number) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[suffix])
 
 
 def cgroup_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
