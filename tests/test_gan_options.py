@@ -256,13 +256,13 @@ def test_each_option_steps_under_bf16_autocast(option):
 
 @pytest.mark.parametrize("flags, message", [
     (["--r1", "-1"], "--r1 must be a penalty weight >= 0"),
-    (["--pack", "0"], "--pack must be a whole number >= 1, got 0"),
+    (["--pack", "0"], "--pack must be a positive whole number (at most 64), got 0"),
     (["--diffaugment", "blur"], "unknown DiffAugment policy 'blur'"),
     (["--loss", "wasserstein"], "unknown --loss 'wasserstein'; use one of: bce"),
     (["--arch", "resnet", "--image-size", "48"], "not supported"),
     (["--pack", "3"], "--batch-size 16 is not a multiple of --pack 3"),
     (["--lr-d", "0"], "--lr-d must be a positive number"),
-    (["--d-steps", "0"], "--d-steps must be a whole number >= 1, got 0"),
+    (["--d-steps", "0"], "--d-steps must be a positive whole number (at most 64), got 0"),
     (["--model", "vae", "--sn"], "--sn applies to the dcgan model only"),
 ])
 def test_bad_values_get_one_line_and_exit_2(tmp_path, tiny_args, capsys, flags, message):

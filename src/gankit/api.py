@@ -31,6 +31,7 @@ from PIL import Image
 
 from gankit import report, sampling
 from gankit.checkpoint import about, find_checkpoint
+from gankit.checks import whole_number
 from gankit.config import TrainConfig
 from gankit.errors import Stopped, UserError
 from gankit.export import export_run
@@ -40,7 +41,7 @@ from gankit.runs import default_out, load_run, load_split, resume_with
 from gankit.training.loop import real_images
 from gankit.training.loop import train as loop_train
 from gankit.training.signals import signal_name
-from gankit.training.task import FAKE_GRID
+from gankit.training.task import SAMPLE_GRID
 
 
 def say(message: str) -> None:
@@ -116,12 +117,12 @@ class Run:
         """n generated images as uint8 (n, H, W), or (n, H, W, 3) for RGB, at the data's size:
         the array `gankit sample RUN --n N --seed S` writes. `label`: a conditional run's class
         (default: the classes in turn)."""
-        positive("n", n)
+        whole_number(n, "n")
         return sampling.to_array(self._generate(n, seed, label, batch_size))
 
     def grid(self, n: int = 64, seed: int = 0, label: int | None = None, *, nrow: int | None = None) -> Image.Image:
         """n generated images as one picture, nrow a row (default: a square): `sample --grid`."""
-        positive("n", n)
+        whole_number(n, "n")
         return picture(sampling.grid(self._generate(n, seed, label, 500), nrow=nrow))
 
     def real_grid(self) -> Image.Image:
@@ -153,9 +154,7 @@ class Run:
     def walk(self, rows: int = 8, steps: int = 8, seed: int = 0, label: int | None = None) -> Image.Image:
         """Latent walks, one a row: `steps` images from one random z to another by slerp, as
         `gankit sample --interpolate` draws them."""
-        positive("rows", rows)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-            raise UserError(f"--steps must be at least 2 (a walk has two ends), got {steps!r:.20}")
+        whole_number(rows, "rows")
         _, task, _, native = self.loaded()
         sampling.check_label(task, label, self.path)
         images = sampling.walks(task, rows, steps, seed=seed, native=native, label=label)
@@ -175,7 +174,7 @@ class Run:
         class accuracy); "inception": Inception-v3, the figures papers quote, against the run's
         training images or the folder `reference`, with the network file `feature_weights`
         (default: gankit's cache)."""
-        positive("n", n)
+        whole_number(n, "n")
         return judge_run(self.loaded(device), n=n, seed=seed, features=features, progress=progress,
                          reference=plain(reference), feature_weights=plain(feature_weights), device=device)
 
@@ -204,7 +203,7 @@ class Run:
     # --- in Jupyter -------------------------------------------------------------------------
     def _showcase(self) -> tuple[Image.Image, Image.Image, str]:
         """(real grid, generated grid, caption of the generated one) for the notebook display."""
-        fake = self.pictures().get(FAKE_GRID)
+        fake = self.pictures().get(SAMPLE_GRID)
         caption = f"generated, epoch {len(self.metrics)}"
         if fake is None:  # no epoch finished yet: the fixed noise's images, drawn now
             fake, caption = self.grid(64, seed=self.config.seed, nrow=8), f"generated, step {self.step}"
@@ -350,9 +349,3 @@ def img_tag(image: Image.Image) -> str:
     width = image.width * max(1, 256 // image.width)
     data = base64.b64encode(png_bytes(image)).decode()
     return f'<img src="data:image/png;base64,{data}" style="width:{width}px;image-rendering:pixelated">'
-
-
-def positive(name: str, value) -> None:
-    """An argument of a Run method that counts something (n, rows): a whole number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise UserError(f"{name} must be a positive whole number, got {value!r:.20}")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gankit import sampling
+from gankit import sampling, seeds
+from gankit.checks import whole_number
 from gankit.config import TrainConfig
 from gankit.errors import GankitError, UserError
 from gankit.export import export_run
@@ -44,14 +45,20 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
-    return value
+def whole(low: int = 1, high: int | None = None):
+    """An argparse type: the text as a whole number in [low, high], by checks.whole_number's
+    rule (the API's), said as argparse says a bad value ("argument --n: ...")."""
+    def convert(text: str) -> int:
+        try:
+            return whole_number(int(text), "it", low, high)
+        except ValueError as e:  # int()'s, or the UserError (a ValueError) of the rule
+            message = str(e).removeprefix("it ") if isinstance(e, UserError) else f"'{text}' is not a whole number"
+            raise argparse.ArgumentTypeError(message) from None
+    return convert
+
+
+positive_int = whole()
+seed_number = whole(0, seeds.SAMPLE_SEED_MAX)
 
 
 def port_number(text: str) -> int:
@@ -107,7 +114,7 @@ def build_parser() -> Parser:
     s.add_argument("run", help="run folder (or a checkpoint file)")
     s.add_argument("--n", type=positive_int, help="how many images (default: 10000, or 64 with --grid; "
                    "with --interpolate: how many walks, default 8)")
-    s.add_argument("--seed", type=int, default=0, help="same seed, same images (default: 0)")
+    s.add_argument("--seed", type=seed_number, default=0, help="same seed, same images (default: 0)")
     s.add_argument("--out", default=None, help="write a .npz with a uint8 array 'images' (default: samples.npz; "
                    "with --interpolate: a .png, default walk.png)")
     s.add_argument("--grid", help="write a PNG grid instead")
@@ -141,7 +148,7 @@ def build_parser() -> Parser:
     j.add_argument("--dataset", help="the data the samples imitate (a run knows its own; .npz default: mnist)")
     j.add_argument("--data-dir", help="where the data is (a run knows its own)")
     j.add_argument("--n", type=positive_int, default=10000, help="samples to draw from a run (default: 10000)")
-    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--seed", type=seed_number, default=0)
     j.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     j.add_argument("--json", action="store_true", help="print one JSON object")
     j.add_argument("--no-progress", dest="progress", action="store_false")
@@ -172,7 +179,7 @@ def build_parser() -> Parser:
     e.add_argument("run", help="run folder of a vae or vae-mlp run")
     e.add_argument("--k", type=positive_int, default=1000, help="importance samples per image (default: 1000)")
     e.add_argument("--n", type=positive_int, help="test images to use (default: all)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=seed_number, default=0)
     e.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--no-progress", dest="progress", action="store_false")
@@ -199,6 +206,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.grid and args.out:
         raise UserError("give either --out (a .npz) or --grid (a .png), not both")
     target = Path(args.grid or args.out or "samples.npz")
+    check_suffix(target, ".png" if args.grid else ".npz")
     if not target.parent.is_dir():
         raise UserError(f"folder '{target.parent}' does not exist; create it or pick another path")
     n = args.n or (64 if args.grid else 10000)
@@ -217,6 +225,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {n} images ({shape}, {images.shape[1]} channel{'s' if images.shape[1] > 1 else ''}) to {target}")
 
 
+def check_suffix(target: Path, suffix: str) -> None:
+    """`sample` writes a .npz array with --out and a .png picture with --grid: a file named
+    otherwise would hold one format under the other's name."""
+    if target.suffix.lower() != suffix:
+        other = "--grid NAME.png for a picture" if suffix == ".npz" else "--out NAME.npz for the array"
+        flag = "--out" if suffix == ".npz" else "--grid"
+        raise UserError(f"{flag} writes a {suffix} file, not '{target.name}'; give {flag} "
+                        f"{target.with_suffix(suffix).name} (or {other})")
+
+
 def cmd_sample_walk(args: argparse.Namespace) -> None:
     """`sample --interpolate`: walks from one random z to another, as a PNG grid and a GIF."""
     if args.grid:
@@ -227,8 +245,7 @@ def cmd_sample_walk(args: argparse.Namespace) -> None:
     if not target.parent.is_dir():
         raise UserError(f"folder '{target.parent}' does not exist; create it or pick another path")
     rows, steps = args.n or 8, args.steps or 8
-    if steps < 2:
-        raise UserError(f"--steps must be at least 2 (a walk has two ends), got {steps}")
+    sampling.check_walk(steps)  # before the run loads: a bad flag is said first
     _, task, _, native = load_run(Path(args.run), device=args.device)
     sampling.check_label(task, args.label, args.run)
     images = sampling.walks(task, rows, steps, seed=args.seed, native=native, batch_size=args.batch_size,

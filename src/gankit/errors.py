@@ -44,5 +44,5 @@ class Stopped(GankitError):
 def one_line(err: BaseException, limit: int = 300) -> str:
     """An exception as one line of at most `limit` characters (its type when it has no text),
     for messages that quote what went wrong underneath."""
-    text = " ".join(str(err).split())
-    return text[:limit] or type(err).__name__
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -8,7 +8,6 @@ one, and both are written atomically: a viewer never sees half a file.
 from __future__ import annotations
 
 import io
-import json
 import math
 import re
 from functools import cache
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from gankit.files import write_atomic
+from gankit.files import loads_strict, write_atomic
 
 # Per-epoch losses: the GAN's two, the VAE's negative ELBO and its two terms. The VAE's
 # test_* figures are drawn dashed in the colour of their training twin.
@@ -42,14 +41,23 @@ def refresh(run: Path, log=None) -> None:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl, skipping a line a crash cut short."""
-    records = []
-    for line in Path(path).read_text().splitlines():
+    """The records of a metrics.jsonl (metric_lines' rule)."""
+    return [record for _, record in metric_lines(Path(path).read_bytes())]
+
+
+def metric_lines(data: bytes) -> list[tuple[str, dict]]:
+    """(line, record) of each line of a metrics.jsonl that is one of gankit's records: a JSON
+    object (read strictly: no NaN or Infinity) with a whole-number "epoch" and "step", as the
+    loop writes them. A line a crash cut short, or one that was damaged, is skipped."""
+    found = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = loads_strict(line)
         except ValueError:
             continue
-    return records
+        if isinstance(record, dict) and all(type(record.get(k)) is int for k in ("epoch", "step")):
+            found.append((line, record))
+    return found
 
 
 def curve(records: list[dict], key: str) -> tuple[list[int], list[float]]:

@@ -19,6 +19,8 @@ import dataclasses
 import math
 import numbers
 
+from gankit import seeds
+from gankit.checks import whole_number
 from gankit.config import TrainConfig, parse_save_every
 from gankit.data import DatasetSpec
 from gankit.errors import UserError
@@ -66,12 +68,19 @@ def check_names(config: TrainConfig) -> None:
             raise UserError(f"unknown {flag(name)} '{value}'; use one of: {', '.join(table)}")
 
 
-POSITIVE = ("epochs", "batch_size", "max_steps", "nz", "width", "latent_dim", "fake_size", "stacked_size", "lr",
-            "lr_d", "lr_g", "num_classes", "subset")
+# The counts and sizes, each from 1 to its top: a value past the top is a typo or a damaged
+# file, which would otherwise first show as an allocation failure deep inside PyTorch.
+COUNTS = {"epochs": 10**6, "batch_size": 1 << 16, "max_steps": 10**12, "nz": 4096, "width": 1024,
+          "latent_dim": 4096, "fake_size": 10**7, "stacked_size": 10**7, "num_classes": 10**5, "subset": 10**9,
+          "r1_every": 10**6, "d_steps": 64, "pack": 64}
+POSITIVE = ("lr", "lr_d", "lr_g")
 
 
 def check_values(config: TrainConfig, task: type[Task], spec: DatasetSpec) -> None:
     """Refuse values that cannot work, each with a message that says what to use instead."""
+    for name, top in COUNTS.items():
+        if getattr(config, name) is not None:
+            whole_number(getattr(config, name), flag(name), 1, top)
     for name in POSITIVE:
         value = getattr(config, name)
         if value is not None and value <= 0:
@@ -81,6 +90,7 @@ def check_values(config: TrainConfig, task: type[Task], spec: DatasetSpec) -> No
         if value is not None and not value <= 10:  # also refuses inf and nan
             raise UserError(f"{flag(name)} {value} is far beyond any learning rate that trains; use a value "
                             "like 2e-4")
+    seeds.check(config.seed, seeds.RUN_SEED_MAX)
     foreign_settings(config, task)
     dataset_settings(config, spec)
     if config.image_size is not None and config.image_size not in IMAGE_SIZES:

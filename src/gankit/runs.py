@@ -81,15 +81,19 @@ def resolve_data_config(config: TrainConfig, data: ImageData) -> TrainConfig:
 def resume_state(run: Path) -> tuple[TrainConfig, dict]:
     """(config, state) of a run folder's newest checkpoint (or a checkpoint file)."""
     state = load_checkpoint(find_checkpoint(run))
-    return saved_config(state["config"], f"'{run}'"), state
+    return saved_config(state["config"], f"'{run}'", kind=state.get("kind")), state
 
 
-def saved_config(saved, where: str) -> TrainConfig:
+def saved_config(saved, where: str, kind=None) -> TrainConfig:
     """The resolved TrainConfig of a saved one (a checkpoint's, an export's): settings gankit
     has gained since take their defaults, which leave the model as it was. `where`: whose
-    settings they are, as messages say it ("'runs/x'")."""
+    settings they are, as messages say it ("'runs/x'"); `kind`: the model a checkpoint says
+    its weights are (None: not recorded)."""
     if not isinstance(saved, dict):
         raise UserError(f"the saved config in {where} is not a mapping of settings; it was not written by gankit")
+    if kind is not None and saved.get("model") != kind:
+        raise UserError(f"the checkpoint in {where} holds {kind!r:.30} weights but its saved settings say --model "
+                        f"{saved.get('model')!r:.30}; it was changed or damaged: use the run's own checkpoint")
     try:
         return resolve(TrainConfig.from_dict(saved))
     except TypeError as e:

@@ -13,7 +13,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gankit import seeds
+from gankit.checks import whole_number
 from gankit.data import to_native
+from gankit.data.folder_cache import available_memory
 from gankit.errors import UserError
 from gankit.files import write_atomic
 
@@ -102,8 +105,27 @@ def generate(task, n: int, *, seed: int, native: int, batch_size: int = 500,
     All of z comes at once from one seeded CPU generator, so the same seed gives the
     same images whatever the batch size or device. A conditional task draws every image
     as class `label`, or (None) the classes in turn: sample_labels."""
-    z = task.noise(n, rng=torch.Generator().manual_seed(seed))
+    check_room(n, task, native)
+    z = task.noise(n, rng=torch.Generator().manual_seed(seeds.check(seed)))
     return decode(task, z, native=native, batch_size=batch_size, labels=sample_labels(task, n, label))
+
+
+def check_walk(steps) -> None:
+    """A walk's image count (`--steps`): at least its two ends."""
+    whole_number(steps, "--steps", low=2, why=" (a walk has two ends)")
+
+
+def check_room(n: int, task, native: int, *, flag: str = "--n") -> None:
+    """Refuse a sample count whose images cannot fit in memory (before trying to allocate
+    them), saying how many would: each image is its z (float32) and its uint8 pixels twice
+    (the tensor, and the array a caller gets from it)."""
+    per_image = 4 * task.nz + 2 * task.channels * native * native
+    available = available_memory()
+    if available is not None and n * per_image > available:
+        fit = available // per_image
+        raise UserError(f"{flag} {n} needs {n * per_image / 2**30:.1f} GiB for the images, more than the "
+                        f"{available / 2**30:.1f} GiB of memory available; at most {fit} fit at once "
+                        "(draw more in parts, each with its own --seed)")
 
 
 def decode(task, z: torch.Tensor, *, native: int, batch_size: int = 500,
@@ -147,7 +169,9 @@ def walks(task, rows: int, steps: int, *, seed: int, native: int, batch_size: in
     walk after walk. Walk i goes by slerp from one z to another, both drawn from one seeded
     CPU generator: the same seed gives the same walks on every device and batch size.
     A conditional task keeps one class along a walk: `label`, or class i % C for walk i."""
-    ends = task.noise(2 * rows, rng=torch.Generator().manual_seed(seed)).cpu()
+    check_walk(steps)
+    check_room(rows * steps, task, native, flag=f"--n {rows} walks of --steps")
+    ends = task.noise(2 * rows, rng=torch.Generator().manual_seed(seeds.check(seed))).cpu()
     t = torch.arange(steps, dtype=torch.float64) / (steps - 1)         # exactly 0 and 1 at the ends
     z = slerp(ends[:rows, None], ends[rows:, None], t[None, :, None])   # (rows, steps, nz)
     per_row = sample_labels(task, rows, label)

@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 from flask import Flask, Response, jsonify, request
 
-from gankit import sampling
+from gankit import sampling, seeds
 from gankit.checkpoint import about, digest
 from gankit.errors import UserError
 from gankit.runs import load_run
 
 MAX_N = 256       # images in one grid: 256 DCGAN images take about 0.2 s on one CPU core
 STRIP = 10        # a conditional walk without a class: the same z drawn as each of the first 10 classes
-MAX_SEED = 2**63 - 1
+MAX_SEED = seeds.SAMPLE_SEED_MAX
 
 
 class BadQuery(ValueError):

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gankit.errors import UserError
+from gankit.errors import UserError, one_line
 from gankit.files import TEMP_SUFFIX, fsync_folder, loads_strict, write_atomic
 
 FORMAT_VERSION = 3  # 2: JPEGs decoded at a reduced scale (load_image's draft); 3: 16-bit, float, alpha by as_mode
@@ -121,17 +121,11 @@ def open_cache(folder: Path, expected: dict) -> tuple[tuple | None, str | None]:
         # deep nesting would be a RecursionError; each is a damaged manifest, as bad JSON is.
         manifest = loads_strict(text)
     except ValueError as e:  # not JSON (nor UTF-8), or not JSON as loads_strict reads it
-        return None, f"its manifest is damaged ({one_line(e)})"
+        return None, f"its manifest is damaged ({one_line(e, 100)})"
     try:
         return check_cache(folder, manifest, expected)
     except (ValueError, KeyError, TypeError, AttributeError):  # file entries that are not [path, size, mtime]
         return None, "its manifest is damaged"
-
-
-def one_line(error: Exception) -> str:
-    """An exception's message, cut to a line short enough for a log message."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 100 else text[:97] + "..."
 
 
 # Each field of a manifest and its JSON type (bool, an int to Python, is refused apart).

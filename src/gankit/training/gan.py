@@ -29,7 +29,7 @@ from gankit.models.spectral import spectral_norm
 from gankit.sampling import balanced_labels
 from gankit.training.augment import DiffAugment, parse_policy
 from gankit.training.losses import LOSSES, r1_penalty
-from gankit.training.task import FAKE_GRID, Task
+from gankit.training.task import SAMPLE_GRID, Task
 
 _DCGAN = {"init": "normal", "d_input_bn": False, "edge": "4x4", "beta2": 0.999}
 
@@ -162,10 +162,6 @@ class GanTask(Task):
             raise UserError(f"--diffaugment: {e}") from None
         if config.r1 is not None and not (math.isfinite(config.r1) and config.r1 >= 0):
             raise UserError(f"--r1 must be a penalty weight >= 0 (gamma, e.g. 10; 0 turns it off), got {config.r1}")
-        for name in ("r1_every", "d_steps", "pack"):
-            value = getattr(config, name)
-            if value is not None and value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value}")
         cls._check_shapes(config)
 
     @classmethod
@@ -198,6 +194,7 @@ class GanTask(Task):
     def __init__(self, config, *, channels: int, device: torch.device, native_size: int | None = None,
                  optimizers: bool = True, channels_last: bool = True):
         self.nz = config.nz
+        self.channels = channels
         self.device = device
         # --conditional: G and D take the class label (0: unconditional, as before).
         self.num_classes = (config.num_classes or 0) if config.conditional else 0
@@ -372,8 +369,8 @@ class GanTask(Task):
             cols = self.grid_columns
             z = fixed_z[:cols].repeat(self.num_classes, 1)                       # row r: z_0 .. z_9
             labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(cols)
-            return {FAKE_GRID: self.generate(z, labels)}
-        return {FAKE_GRID: self.generate(fixed_z)}
+            return {SAMPLE_GRID: self.generate(z, labels)}
+        return {SAMPLE_GRID: self.generate(fixed_z)}
 
     @classmethod
     def build_sampler(cls, config, meta: dict) -> nn.Module:

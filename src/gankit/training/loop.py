@@ -213,13 +213,7 @@ def trim_metrics(path: Path, step: int) -> None:
     """Keep only the metric lines a checkpoint at `step` has seen (a crash may leave more)."""
     if not path.exists():
         return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except ValueError:  # a line cut short by a crash
-            continue
+    kept = [line for line, record in report.metric_lines(path.read_bytes()) if record["step"] <= step]
     write_atomic(path, "".join(ln + "\n" for ln in kept).encode())
 
 

@@ -25,8 +25,8 @@ Instance members:
 - `__init__(config, *, channels, device, native_size, optimizers=True)`: modules with their
   seeded initial weights; optimizers=False for a task that only samples.
 - `modules` (name -> nn.Module, what a checkpoint stores) and `optimizers` (name -> optimizer).
-- `nz`: the length of z; `num_classes`: classes the sampler is conditioned on (0: none);
-  `grid_columns`: images a row in the per-epoch grids.
+- `nz`: the length of z; `channels`: of the images it makes; `num_classes`: classes the
+  sampler is conditioned on (0: none); `grid_columns`: images a row in the per-epoch grids.
 - `noise(n, rng=None)`, `generate(z, labels=None)`, `sampler()`: z, images in [-1, 1] from z,
   and the module that does that (what export writes).
 - `step(real, labels=None, *, regularize=False) -> {name: 0-d tensor}`: one training step.
@@ -47,9 +47,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# The per-epoch grid of generated images, samples/fake_epoch_NNN.png (a picture's name, which
-# only happens to be spelled like the random `fake` dataset).
-FAKE_GRID = "fake"
+# The per-epoch grid of generated images, samples/fake_epoch_NNN.png: the name gankit 0.1.0
+# gave it, which run folders and gankit.Run.pictures() keep.
+SAMPLE_GRID = "fake"
 
 
 class Task:
@@ -64,6 +64,7 @@ class Task:
     takes_ema = False
     takes_labels = False
     nz: int
+    channels: int
     device: torch.device
     num_classes = 0
     grid_columns = 8  # 64 images as 8x8, as in the tutorial

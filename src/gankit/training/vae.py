@@ -28,7 +28,7 @@ from torch import nn
 from gankit.data import border, to_model
 from gankit.models import eval_mode
 from gankit.models.vae import ConvVAE, MeanImage, MlpVAE
-from gankit.training.task import FAKE_GRID, Task
+from gankit.training.task import SAMPLE_GRID, Task
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -127,6 +127,7 @@ class VaeTask(Task):
     def __init__(self, config, *, channels: int, device: torch.device, native_size: int,
                  optimizers: bool = True):
         self.device = device
+        self.channels = channels
         self.native = native_size
         self.size = config.image_size
         self.nz = config.latent_dim
@@ -181,7 +182,7 @@ class VaeTask(Task):
             mu, _ = self.model.encode((shown + 1) / 2)
             recon = self.generate(mu)                          # the posterior mean's decoding
         rows = [t for pair in zip(shown.split(8), recon.split(8)) for t in pair]
-        return {FAKE_GRID: self.generate(fixed_z), "recon": torch.cat(rows)}
+        return {SAMPLE_GRID: self.generate(fixed_z), "recon": torch.cat(rows)}
 
     def evaluate(self, test: torch.Tensor, rng: torch.Generator) -> dict[str, float]:
         """Test-set negative ELBO and its parts, nats per image; eps from `rng`."""
