@@ -27,7 +27,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "entries": ("data.mnist", "data.mnist_download", "data.stacked", "data.folder", "training.gan",
                 "training.vae", "metrics.inception"),
     "tables": ("registry",),
-    "services": ("resolve", "runs", "metrics.judge", "board", "report", "export", "serve", "training.nll"),
+    "services": ("resolve", "runs", "metrics.judge_evaluator", "metrics.judge_inception", "metrics.judge", "board",
+                 "report", "export", "serve", "training.nll"),
     "training": ("training.runner", "training.loop"),
     "front": ("api", "cli", "__init__", "__main__"),
 }
