@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from gankit import sampling  # noqa: E402
 from gankit.config import TrainConfig  # noqa: E402
-from gankit.metrics.judge import evaluator_for, judge  # noqa: E402
+from gankit.metrics.judge_evaluator import evaluator_for, score_samples  # noqa: E402
 from gankit.runs import load_run  # noqa: E402
 from gankit.training.loop import train  # noqa: E402
 
@@ -48,7 +48,7 @@ def main() -> None:
         evaluator_for(config.dataset, args.data_dir or config.data_dir)  # cached before the clock starts
         started = time.perf_counter()
         images = sampling.generate(task, args.n, seed=args.seed, native=native)
-        result = judge(images, config.dataset, args.data_dir or config.data_dir, seed=args.seed, progress=False)
+        result = score_samples(images, config.dataset, args.data_dir or config.data_dir, seed=args.seed, progress=False)
         seconds = time.perf_counter() - started
         result.pop("histogram"), result["floor"].pop("histogram")
         print(json.dumps(rounded({

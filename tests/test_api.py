@@ -260,13 +260,13 @@ def test_show_and_load_data(tmp_path):
 
 @requires_mnist
 def test_evaluate_gives_the_figures_of_gankit_eval(tmp_path, monkeypatch, capsys):
-    import gankit.metrics.judge as judge
+    import gankit.metrics.judge_evaluator as judge_evaluator
     from gankit.metrics.evaluator import train_evaluator
     from gankit.registry import load_dataset
 
     data = load_dataset("mnist", split="train", data_dir=str(MNIST_DIR))
     small = train_evaluator(data.images[:1024], data.labels[:1024], epochs=1, progress=False)
-    monkeypatch.setattr(judge, "evaluator_for", lambda *a, **k: small)
+    monkeypatch.setattr(judge_evaluator, "evaluator_for", lambda *a, **k: small)
     done = gankit.train(data_dir=MNIST_DIR, subset=256, image_size=16, width=8, nz=8, batch_size=64, epochs=1,
                         progress=False, tensorboard=False, eval_every=0, out=tmp_path / "m")
     figures = done.evaluate(n=200, seed=1, device="cpu", progress=False)

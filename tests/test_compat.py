@@ -89,13 +89,13 @@ def test_a_release_run_serves(tmp_path):
 
 @requires_mnist
 def test_a_release_run_is_judged(tmp_path, monkeypatch, capsys):
-    import gankit.metrics.judge as judge
+    import gankit.metrics.judge_evaluator as judge_evaluator
     from gankit.metrics.evaluator import train_evaluator
     from gankit.registry import load_dataset
 
     data = load_dataset("mnist", split="train", data_dir=str(MNIST_DIR))
     small = train_evaluator(data.images[:1024], data.labels[:1024], epochs=1, progress=False)
-    monkeypatch.setattr(judge, "evaluator_for", lambda *a, **k: small)
+    monkeypatch.setattr(judge_evaluator, "evaluator_for", lambda *a, **k: small)
     run = release_run("dcgan-mnist", tmp_path)
     assert main(["eval", str(run), "--data-dir", str(MNIST_DIR), "--n", "200", "--json", "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -167,7 +167,8 @@ def folder_run(tmp_path):
 
 
 def test_eval_with_inception_features_judges_against_the_training_folder(folder_run, stand_in, tmp_path, capsys):
-    from gankit.metrics.inception import inception_judge, load_feature_network
+    from gankit.metrics.inception import load_feature_network
+    from gankit.metrics.judge_inception import inception_judge
 
     capsys.readouterr()
     assert main(["eval", str(folder_run.path), "--features", "inception", "--feature-weights", str(stand_in),

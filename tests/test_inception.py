@@ -1,4 +1,6 @@
-"""Judging with Inception-v3 features (gankit.metrics.inception), on a scripted stand-in.
+"""Judging with Inception-v3 features (gankit.metrics.inception, the network and its
+features; gankit.metrics.judge_inception, the figures, the floor and the cached reference),
+on a scripted stand-in.
 
 The real inception-2015-12-05.pt cannot be downloaded here (and tests never touch the
 network), so a small TorchScript module with the same calling convention stands in:
@@ -15,17 +17,18 @@ import torch.nn.functional as F
 from torch import nn
 
 import gankit.metrics.inception as inception
+import gankit.metrics.judge_inception as judge_inception
+import gankit.metrics.reference as reference_cache
 from gankit.errors import UserError
 from gankit.metrics import quality
 from gankit.metrics.inception import (
     WEIGHTS_NAME,
     WEIGHTS_URL,
-    inception_judge,
     inception_weights,
     load_feature_network,
     network_outputs,
-    reference_split,
 )
+from gankit.metrics.judge_inception import inception_judge, reference_split
 
 
 def inception_outputs(net, images, **kwargs):
@@ -110,15 +113,16 @@ def direct(net, x, batch_size=None):
 
 @pytest.fixture
 def count_passes(monkeypatch):
-    """Record (desc, number of images) of every pass through the network."""
+    """Record (desc, number of images) of every pass through the network (the judge's, which
+    looks network_outputs up in its own module)."""
     calls = []
-    original = inception.network_outputs
+    original = judge_inception.network_outputs
 
     def counting(net, imgs, **kwargs):
         calls.append((kwargs.get("desc"), len(imgs)))
         return original(net, imgs, **kwargs)
 
-    monkeypatch.setattr(inception, "network_outputs", counting)
+    monkeypatch.setattr(judge_inception, "network_outputs", counting)
     return calls
 
 
@@ -262,7 +266,7 @@ def test_a_read_only_cache_only_costs_time(weights, tmp_path, monkeypatch, count
     def refuse(*args, **kwargs):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(inception, "write_atomic", refuse)
+    monkeypatch.setattr(reference_cache, "write_atomic", refuse)  # the one writer of reference files
     net = load_feature_network(weights["small"], "cpu")
     reference, samples = images(30, seed=1), images(12, seed=2)
     first = inception_judge(samples, reference, net=net, cache_dir=tmp_path)

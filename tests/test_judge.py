@@ -25,8 +25,8 @@ def small_evaluator():
 
 @pytest.fixture(autouse=True)
 def _use_small_evaluator(monkeypatch, small_evaluator):
-    import gankit.metrics.judge as judge
-    monkeypatch.setattr(judge, "evaluator_for", lambda *a, **k: small_evaluator)
+    import gankit.metrics.judge_evaluator as judge_evaluator
+    monkeypatch.setattr(judge_evaluator, "evaluator_for", lambda *a, **k: small_evaluator)
 
 
 def test_stacked_mnist_is_three_real_digits_and_seeded():
@@ -94,42 +94,43 @@ def test_training_judges_stacked_mnist_at_the_end(tmp_path, monkeypatch):
 
 
 def test_reference_figures_are_cached_and_a_bad_cache_is_rebuilt(tmp_path, monkeypatch):
-    import gankit.metrics.judge as judge
+    import gankit.metrics.judge_evaluator as judge_evaluator
     images = load_dataset("mnist", split="train", data_dir=str(MNIST_DIR)).images[:300]
-    first = judge.score_samples(images, "mnist", str(MNIST_DIR), progress=False)
+    first = judge_evaluator.score_samples(images, "mnist", str(MNIST_DIR), progress=False)
     cached = list((tmp_path / "data-cache" / "evaluators").glob("reference-*.pt"))
     assert len(cached) == 1
 
     def boom(*a, **k):
         raise AssertionError("the test split's radii were recomputed")
     with monkeypatch.context() as m:
-        m.setattr(judge, "knn_radii", boom)
-        again = judge.score_samples(images, "mnist", str(MNIST_DIR), progress=False)
+        m.setattr(judge_evaluator, "knn_radii", boom)
+        again = judge_evaluator.score_samples(images, "mnist", str(MNIST_DIR), progress=False)
         assert again["fid"] == first["fid"] and again["floor"] == first["floor"]
         # a new floor, the same test radii
-        fewer = judge.score_samples(images[:200], "mnist", str(MNIST_DIR), progress=False)
+        fewer = judge_evaluator.score_samples(images[:200], "mnist", str(MNIST_DIR), progress=False)
         assert fewer["n"] == 200 and fewer["floor"]["fid"] != first["floor"]["fid"]
-        unfloored = judge.score_samples(images, "mnist", str(MNIST_DIR), progress=False, floor=False)
+        unfloored = judge_evaluator.score_samples(images, "mnist", str(MNIST_DIR), progress=False, floor=False)
         assert "floor" not in unfloored and unfloored["fid"] == first["fid"]
     cached[0].write_bytes(b"truncated")
-    rebuilt = judge.score_samples(images, "mnist", str(MNIST_DIR), progress=False)
+    rebuilt = judge_evaluator.score_samples(images, "mnist", str(MNIST_DIR), progress=False)
     assert rebuilt["fid"] == first["fid"] and rebuilt["floor"] == first["floor"]
 
 
 def test_class_accuracy_is_the_share_classified_as_the_asked_for_class(small_evaluator):
     """Held-out digits with their true labels score the evaluator's own test accuracy (the
     small stand-in evaluator: about 0.89; the real one 0.995), shuffled labels about 0.1."""
-    import gankit.metrics.judge as judge
+    import gankit.metrics.judge_evaluator as judge_evaluator
     from gankit.metrics.evaluator import classify
     real = load_dataset("mnist", split="test", data_dir=str(MNIST_DIR))
     images, labels = real.images[:500], real.labels[:500]
-    right = judge.score_samples(images, "mnist", str(MNIST_DIR), progress=False, floor=False, labels=labels)
+    right = judge_evaluator.score_samples(images, "mnist", str(MNIST_DIR), progress=False, floor=False, labels=labels)
     shuffled = labels[torch.randperm(500, generator=torch.Generator().manual_seed(0))]
-    wrong = judge.score_samples(images, "mnist", str(MNIST_DIR), progress=False, floor=False, labels=shuffled)
+    wrong = judge_evaluator.score_samples(images, "mnist", str(MNIST_DIR), progress=False, floor=False, labels=shuffled)
     probs, _ = classify(small_evaluator, images)
     assert right["class_accuracy"] == pytest.approx((probs.argmax(1) == labels).float().mean().item())
     assert right["class_accuracy"] > 0.85 and wrong["class_accuracy"] < 0.3
-    assert "class_accuracy" not in judge.score_samples(images, "mnist", str(MNIST_DIR), progress=False, floor=False)
+    unlabelled = judge_evaluator.score_samples(images, "mnist", str(MNIST_DIR), progress=False, floor=False)
+    assert "class_accuracy" not in unlabelled
 
 
 def test_a_conditional_run_is_judged_on_its_classes(tmp_path, capsys, monkeypatch):

@@ -22,16 +22,9 @@ from gankit.config import TrainConfig
 from gankit.errors import GankitError, UserError
 from gankit.export import export_run
 from gankit.metrics.evaluator import classify, evaluator_path
-from gankit.metrics.judge import (
-    DEFAULT_FEATURES,
-    FEATURES,
-    Request,
-    evaluator_cache,
-    evaluator_for,
-    feature_judge,
-    judge_run,
-    judge_with,
-)
+from gankit.metrics.judge import DEFAULT_FEATURES, FEATURES, feature_judge, judge_run, judge_with
+from gankit.metrics.judge_evaluator import evaluator_cache, evaluator_for
+from gankit.metrics.request import Request
 from gankit.registry import CHOICES, evaluator_datasets, flag, load_dataset, model_defaults
 from gankit.runs import load_run, resume_with
 from gankit.serve import serve

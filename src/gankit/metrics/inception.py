@@ -1,4 +1,4 @@
-"""Judging samples with the field's Inception-v3 features: the numbers papers quote.
+"""The field's Inception-v3 feature extractor: its weights file and its features.
 
 Papers quote FID, KID, Inception Score and precision/recall on the pool features of
 Inception-v3 as computed by StyleGAN2-ADA, clean-fid, torch-fidelity and pytorch-fid.
@@ -26,28 +26,10 @@ softmaxed again here.
 Pipeline::
 
     weights file --inception_weights--> path --load_feature_network--> net
-    uint8 images --inception_outputs--> features (N, 2048), probabilities (N, 1008)
-    samples, reference --inception_judge--> FID, KID, IS, precision, recall, and the floor
+    uint8 images --network_outputs-->   features (N, 2048), probabilities (N, 1008)
 
-The figures are the pure functions of ``gankit.metrics.quality`` on these features:
-FID and KID against the whole reference set, the Inception-Score formula on the samples'
-probabilities, precision and recall with k = 3 against the reference set.
-
-The floor, beside every figure, says what real images score: the reference set is cut
-once, by a permutation seeded with ``seed`` (``reference_split``), into a *pool* (the
-first floor(M / 2) images of the permutation) and the *rest*. The floor is the same
-figures for the first n images of the pool judged against the rest, n = the number of
-samples (or the pool's size, when there are more samples than that; the floor's "n" says
-which). So the floor's real images are never part of the statistics they are judged
-against, as the MNIST judge judges training images against the test split. The samples
-themselves are judged against the whole reference set, as papers do; the floor's
-reference is half as large, which makes the floor a slightly pessimistic anchor.
-
-What the reference costs (its features, their mean and covariance, the k-NN radii, the
-pool's probabilities, floors by n) is cached under ``cache_dir`` in a file named by a
-hash of the network (its TorchScript code and weights), the reference images (their
-bytes, or a caller's ``reference_key``), the seed and ``REFERENCE_VERSION``. An
-unreadable cache file is computed afresh; a read-only cache only costs time.
+Nothing here knows of runs, figures or caches of statistics: the figures on these
+features, their floor and the cached reference are gankit.metrics.judge_inception's.
 """
 
 from __future__ import annotations
@@ -66,15 +48,6 @@ from tqdm.auto import tqdm
 
 from gankit.errors import UserError, one_line
 from gankit.files import fetch_url, write_atomic
-from gankit.metrics.quality import (
-    PR_K,
-    classifier_score,
-    feature_statistics,
-    frechet_distance,
-    kid,
-    knn_radii,
-    precision_recall,
-)
 from gankit.paths import default_data_root
 
 __all__ = [
@@ -82,16 +55,13 @@ __all__ = [
     "WEIGHTS_URLS",
     "WEIGHTS_URL",
     "OFFLINE_ENV",
-    "MIN_SAMPLES",
-    "REFERENCE_VERSION",
+    "BATCH_SIZE",
     "default_cache_dir",
     "inception_weights",
     "download_weights",
     "load_feature_network",
+    "check_images",
     "network_outputs",
-    "reference_split",
-    "reference_statistics",
-    "inception_judge",
 ]
 
 #: The file StyleGAN2-ADA and clean-fid load (a TorchScript translation of TensorFlow's
@@ -112,12 +82,8 @@ OFFLINE_ENV = "GANKIT_OFFLINE"
 MAX_WEIGHTS_BYTES = 256 << 20
 #: Per connect and per read (urllib's timeout), not for the whole download.
 DOWNLOAD_TIMEOUT_S = 30.0
-#: The fewest samples all figures are defined for: the Inception-Score formula uses 10
-#: splits (quality.IS_SPLITS) and precision/recall need k + 1 = 4 points.
-MIN_SAMPLES = 10
 #: Images per network call; StyleGAN2-ADA uses 64, clean-fid 32 to 128; only memory cares.
 BATCH_SIZE = 200
-REFERENCE_VERSION = 1  # bump when the cached reference is computed differently
 
 Log = Callable[[str], None]
 
@@ -132,8 +98,8 @@ def _reason(err: BaseException) -> str:
 
 
 def default_cache_dir() -> Path:
-    """Where the weights and reference statistics live unless the caller says otherwise:
-    ``$GANKIT_DATA/inception`` (gankit's data folder, see ``default_data_root``)."""
+    """Where the weights (and judge_inception's reference statistics) live unless the caller
+    says otherwise: ``$GANKIT_DATA/inception`` (gankit's data folder, see ``default_data_root``)."""
     return default_data_root() / "inception"
 
 
@@ -221,6 +187,8 @@ def load_feature_network(path: str | os.PathLike, device: torch.device | str = "
 
 # --------------------------------------------------------------------------- features
 def check_images(images, what: str, min_count: int) -> None:
+    """UserError (one line, naming ``what``) unless ``images`` are at least ``min_count``
+    uint8 images (N, 1 or 3, H, W): what the network's calling convention takes."""
     if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4 \
             or images.shape[1] not in (1, 3):
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
@@ -283,151 +251,3 @@ def network_outputs(net, images: Tensor, *, batch_size: int = BATCH_SIZE, device
             features.append(f.cpu())
             probs.append(_probabilities(net, batch, f, weight).cpu())
     return torch.cat(features), torch.cat(probs)
-
-
-# --------------------------------------------------------------------------- figures
-def figures(features, probs, ref_features, ref_radii: Tensor, seed: int, mu=None, sigma=None) -> dict:
-    """FID, KID, Inception Score, precision and recall of (features, probs) against the
-    reference features (their k-NN radii given; their mean and covariance too when known).
-    Each is the quality.py function; ``kid`` is seeded with ``seed``."""
-    if mu is None or sigma is None:
-        mu, sigma = feature_statistics(ref_features)
-    precision, recall = precision_recall(ref_features, features, k=PR_K, real_radii=ref_radii)
-    kid_mean, kid_std = kid(features, ref_features, seed=seed)
-    score, score_std = classifier_score(probs)
-    return {
-        "fid": frechet_distance(*feature_statistics(features), mu, sigma),
-        "kid": kid_mean, "kid_std": kid_std,
-        "inception_score": score, "inception_score_std": score_std,
-        "precision": precision, "recall": recall, "n": len(features),
-    }
-
-
-def reference_split(count: int, seed: int) -> tuple[Tensor, Tensor]:
-    """(pool, rest): indices of a reference set of ``count`` images, cut by a permutation
-    seeded with ``seed``; the pool is its first count // 2 entries, the rest the others.
-    The floor judges the pool's first n images against the rest."""
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    return order[:count // 2], order[count // 2:]
-
-
-def _digest_network(h, net) -> None:
-    """Feed the network's TorchScript code and every weight (name, dtype, shape, bytes) to h."""
-    h.update(str(getattr(net, "code", type(net).__qualname__)).encode())
-    for name, tensor in net.state_dict().items():
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        h.update(f"\0{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
-        h.update(flat.view(torch.uint8).numpy())
-
-
-def _reference_path(cache_dir, net, seed: int, images: Tensor | None, reference_key: str | None) -> Path:
-    h = hashlib.sha256(f"{REFERENCE_VERSION}\0{seed}\0".encode())
-    _digest_network(h, net)
-    if reference_key is not None:
-        h.update(f"\0key\0{reference_key}".encode())
-    else:
-        h.update(f"\0images\0{tuple(images.shape)}\0".encode())
-        h.update(images.detach().cpu().contiguous().numpy())
-    return Path(cache_dir).expanduser() / f"reference-{h.hexdigest()[:24]}.pt"
-
-
-_REFERENCE_KEYS = {"version", "features", "mu", "sigma", "radii", "pool", "rest", "pool_probs", "floors"}
-
-
-def _read_reference(path: Path) -> dict | None:
-    """The cached reference at ``path``, or None when missing, unreadable or of another version."""
-    if not path.is_file():
-        return None
-    try:
-        ref = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # damaged or foreign: computed afresh and rewritten
-        return None
-    if not isinstance(ref, dict) or not _REFERENCE_KEYS <= set(ref) or ref["version"] != REFERENCE_VERSION:
-        return None
-    return ref
-
-
-def _write_reference(path: Path, ref: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(ref, buffer)
-    try:
-        write_atomic(path, buffer.getvalue())
-    except OSError:  # a read-only cache only costs time
-        pass
-
-
-def _compute_reference(net, images: Tensor, seed: int, batch_size: int, device, progress: bool) -> dict:
-    features, probs = network_outputs(net, images, batch_size=batch_size, device=device, progress=progress,
-                                      desc="reference features")
-    mu, sigma = feature_statistics(features)
-    pool, rest = reference_split(len(images), seed)
-    return {
-        "version": REFERENCE_VERSION, "features": features,
-        "mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma), "radii": knn_radii(features, PR_K),
-        "pool": pool, "rest": rest, "pool_probs": probs[pool], "floors": {},
-    }
-
-
-def _add_floor(ref: dict, n: int, seed: int) -> None:
-    """ref["floors"][n]: the figures of the pool's first n images against the rest."""
-    rest = ref["features"][ref["rest"]]
-    if "rest_radii" not in ref:
-        ref["rest_radii"] = knn_radii(rest, PR_K)
-    ref["floors"][n] = figures(ref["features"][ref["pool"][:n]], ref["pool_probs"][:n], rest, ref["rest_radii"],
-                               seed)
-
-
-def reference_statistics(net, reference: Tensor | Callable[[], Tensor], *, seed: int = 0,
-                         cache_dir: str | os.PathLike, reference_key: str | None = None, n_floor: int = 0,
-                         batch_size: int = BATCH_SIZE, device=None, progress: bool = False) -> dict:
-    """What every judgement against ``reference`` compares with, cached (module docstring):
-    "features" (M, D), "mu", "sigma", "radii" (k = 3), the split "pool" / "rest",
-    "pool_probs" and "floors" {n: figures}; with ``n_floor`` > 0, the floor for
-    min(n_floor, pool size) images is in "floors". ``reference`` is a uint8 tensor
-    (M, 1 or 3, H, W), M >= 2 * MIN_SAMPLES, or a function returning one: with a
-    ``reference_key`` it is called only when the cache lacks the reference."""
-    images = None if reference_key is not None else _reference_images(reference)
-    path = _reference_path(cache_dir, net, seed, images, reference_key)
-    ref = _read_reference(path)
-    if ref is not None and (not n_floor or _floor_size(ref, n_floor) in ref["floors"]):
-        return ref
-    if ref is None:
-        images = images if images is not None else _reference_images(reference)
-        ref = _compute_reference(net, images, seed, batch_size, device, progress)
-    if n_floor:
-        _add_floor(ref, _floor_size(ref, n_floor), seed)
-    _write_reference(path, ref)
-    return ref
-
-
-def _floor_size(ref: dict, n_samples: int) -> int:
-    """How many real images the floor for n_samples samples uses: as many, or the whole pool."""
-    return min(int(n_samples), len(ref["pool"]))
-
-
-def _reference_images(reference) -> Tensor:
-    images = reference() if callable(reference) else reference
-    check_images(images, "reference", 2 * MIN_SAMPLES)
-    return images
-
-
-def inception_judge(samples: Tensor, reference: Tensor | Callable[[], Tensor], *, net, seed: int = 0,
-                    floor: bool = True, cache_dir: str | os.PathLike, reference_key: str | None = None,
-                    progress: bool = False, batch_size: int = BATCH_SIZE, device=None) -> dict:
-    """FID, KID (and kid_std), inception_score (and its std), precision and recall (k = 3)
-    of uint8 ``samples`` (N, 1 or 3, H, W), N >= MIN_SAMPLES, on ``net``'s features against
-    the ``reference`` images (see reference_statistics), with "n", "reference_n" and, when
-    ``floor``, "floor": the same figures for real images, as the module docstring says.
-    ``seed`` seeds KID's subsets and the floor's split. Values agree with
-    gankit.metrics.quality called on inception_outputs' features and probabilities."""
-    check_images(samples, "sample", MIN_SAMPLES)
-    ref = reference_statistics(net, reference, seed=seed, cache_dir=cache_dir, reference_key=reference_key,
-                               n_floor=len(samples) if floor else 0, batch_size=batch_size, device=device,
-                               progress=progress)
-    features, probs = network_outputs(net, samples, batch_size=batch_size, device=device, progress=progress,
-                                      desc="sample features")
-    result = figures(features, probs, ref["features"], ref["radii"], seed, ref["mu"].numpy(), ref["sigma"].numpy())
-    result["reference_n"] = len(ref["features"])
-    if floor:
-        result["floor"] = dict(ref["floors"][_floor_size(ref, len(samples))])
-    return result

@@ -33,7 +33,7 @@ from gankit.data import ImageData, to_model, to_native
 from gankit.distributed import Ranks, noise_seed, weights_digest, world_size
 from gankit.errors import Diverged, Stopped, UserError
 from gankit.files import remove_stale_temps, write_atomic, write_json
-from gankit.metrics.judge import score_samples
+from gankit.metrics.judge_evaluator import score_samples
 from gankit.registry import dataset_spec, task_class
 from gankit.resolve import resolve
 from gankit.runs import (
