@@ -99,7 +99,8 @@ def build_parser() -> Parser:
                        argument_default=argparse.SUPPRESS,
                        description=f"Train a model (default: --model {TrainConfig.model} on --dataset "
                        f"{TrainConfig.dataset}, {TrainConfig.epochs} epochs). Every setting of gankit.train is a flag.")
-    t.add_argument("--resume", metavar="RUN", help="go on with the run in this folder (or its checkpoint file)")
+    t.add_argument("--resume", metavar="RUN", help="go on with the run in this folder (or from a checkpoint "
+                   "file in its checkpoints/)")
     for f in dataclasses.fields(TrainConfig):
         add_setting(t, f)
 

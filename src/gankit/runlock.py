@@ -8,7 +8,10 @@ take it. It is `flock(LOCK_EX | LOCK_NB)` on the file, so:
 - it holds between two processes and also within one (two threads, two calls): flock
   belongs to an open file, and each `run_lock` opens the file anew;
 - a second writer is refused at once, never kept waiting, and told who holds it: the
-  holder writes its PID and host into the file once it holds the lock.
+  holder writes its PID and host into the file once it holds the lock;
+- `check_free` asks without writing (a shared lock, given back at once), for a refusal
+  that must leave the folder as it was.
+(O_NONBLOCK on both opens: a FIFO named .lock must not hang the open.)
 The file stays in the folder (it is empty after a session that ended by itself): removing
 it would race with a process that has just opened it.
 """
@@ -28,13 +31,30 @@ from gankit.errors import UserError
 LOCK = ".lock"
 
 
-def holder(fd: int) -> str:
-    """Who holds the lock, as the holder wrote it ("PID 123 on host"), or "" when it has not
-    written yet (it took the lock a moment ago)."""
+def busy(folder: Path, fd: int) -> UserError:
+    """The refusal of a second writer, naming the holder as it wrote itself into the file
+    ("PID 123 on host"; nothing yet when it took the lock a moment ago)."""
     words = os.pread(fd, 300, 0).decode(errors="replace").split()
-    if len(words) >= 2 and words[0].isdigit():
-        return f"PID {words[0]} on {words[1]}"
-    return ""
+    who = f" (PID {words[0]} on {words[1]})" if len(words) >= 2 and words[0].isdigit() else ""
+    return UserError(f"'{folder}' is being written by another gankit process{who}; wait for it to end "
+                     "(or stop it), then resume, or pick another --out")
+
+
+def check_free(folder: Path) -> None:
+    """UserError (run_lock's) when a session holds `folder`'s lock; writes nothing, so that
+    a folder gankit then refuses to start a run in stays as it was."""
+    try:
+        fd = os.open(Path(folder) / LOCK, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # no lock file (or none that can be read): run_lock says what is wrong
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # conflicts with a holder's LOCK_EX only
+    except BlockingIOError:
+        raise busy(folder, fd) from None
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -44,7 +64,8 @@ def run_lock(folder: Path):
     path = Path(folder) / LOCK
     not_ours = UserError(f"'{path}' is not a lock file gankit made; move it away, then run again")
     try:  # O_NOFOLLOW: a link named .lock is not gankit's, and the PID must not land where it points
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                     0o666)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise not_ours from None
@@ -55,10 +76,7 @@ def run_lock(folder: Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            who = holder(fd)
-            raise UserError(f"'{folder}' is being written by another gankit process"
-                            f"{f' ({who})' if who else ''}; wait for it to end (or stop it), then "
-                            "resume, or pick another --out") from None
+            raise busy(folder, fd) from None
         except OSError as e:  # ENOLCK, EOPNOTSUPP: a file system without locks
             raise UserError(f"cannot lock '{path}' ({e.strerror or errno.errorcode.get(e.errno, e)}); "
                             "this file system does not lock files: pick an --out on a local disk") from None

@@ -6,8 +6,9 @@ the task without optimizers. `gankit train` calls `build_task` and, to go on wit
 `resume_with`. The checkpoint's format itself is gankit.checkpoint's.
 
 Run folders: gankit writes only into its own. `is_run` is the one rule of what a run is;
-a new run goes into a missing or empty folder only (`check_new_out`), and a training
-session holds its folder with `open_out`, one writer at a time (gankit.runlock).
+a new run goes into a missing or empty folder only, or one where gankit's own start ended
+before its first checkpoint (`check_new_out`); a training session holds its folder with
+`open_out`, one writer at a time (gankit.runlock).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from gankit.checkpoint import LAST, PREV, about, find_checkpoint, load_checkpoin
 from gankit.config import TrainConfig
 from gankit.data import ImageData
 from gankit.errors import UserError
+from gankit.files import TEMP_SUFFIX
 from gankit.registry import conditional_needs_labels, dataset_spec, load_data, task_class
 from gankit.resolve import resolve
-from gankit.runlock import LOCK, run_lock
+from gankit.runlock import LOCK, check_free, run_lock
 
 
 def pick_device(name: str) -> torch.device:
@@ -188,32 +190,52 @@ def is_run(folder: Path) -> bool:
 
 def check_new_out(out: Path) -> None:
     """Say why `out` cannot take a new run: it holds a run, it is a file, or it holds
-    anything but gankit's lock file. A new run goes into a missing or empty folder only."""
+    something gankit did not write (`foreign`). A new run goes into a missing or empty
+    folder, or one where a start of gankit's own ended before its first checkpoint."""
     if is_run(out):
         raise UserError(f"'{out}' already holds a run; resume it with `gankit train --resume {out}` "
                         "or pick another --out")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file, not a folder; pick another --out")
-    if not out.is_dir():
-        return
-    found = sorted(p.name for p in out.iterdir() if p.name != LOCK)
-    if found and (out / LOCK).exists():  # gankit made it, and its first session ended before a checkpoint
-        raise UserError(f"'{out}' holds a run that stopped before its first checkpoint (nothing to resume); "
-                        "delete the folder or pick another --out")
+    found = foreign(out) if out.is_dir() else []
     if found:
         shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
         raise UserError(f"'{out}' is not empty and holds no gankit run ({shown}); a new run goes into a "
                         "missing or empty folder: pick another --out")
 
 
+# What a session writes before its first checkpoint (open_out, then setup), folder by folder.
+BEFORE_FIRST_CHECKPOINT = {"": {LOCK, ".write-test", "config.json", "samples", "checkpoints"},
+                           "samples": {"real.png"}, "checkpoints": set()}
+
+
+def foreign(out: Path) -> list[str]:
+    """What in the folder `out` a new run must not write over: all but gankit's lock file;
+    where that lock file shows that gankit made the folder, all but what a session writes
+    before its first checkpoint (and the temporaries of those writes). A start stopped
+    there (Ctrl+C, an error) is gankit's own, with nothing to lose: run again to start over."""
+    if not (out / LOCK).is_file():
+        return sorted(p.name for p in out.iterdir() if p.name != LOCK)
+    found = []
+    for sub, own in BEFORE_FIRST_CHECKPOINT.items():
+        folder = out / sub
+        if sub and not folder.is_dir():
+            found += [sub] if folder.exists() else []
+            continue
+        found += [f"{sub}/{p.name}" if sub else p.name for p in folder.iterdir()
+                  if p.name not in own and not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX))]
+    return sorted(found)
+
+
 @contextmanager
 def open_out(out: Path, resuming: bool):
     """Hold the run folder for writing inside the block: made if missing, locked against a
     second writer (gankit.runlock), and checked, or UserError saying why it cannot be."""
-    if not resuming:
-        check_new_out(out)  # before anything is written: a folder that is not ours stays untouched
     with ExitStack() as held:
         try:
+            if not resuming:  # before anything is written: a folder that is not ours stays untouched
+                check_free(out)  # a session at work there is said first
+                check_new_out(out)
             out.mkdir(parents=True, exist_ok=True)
             held.enter_context(run_lock(out))
             if not resuming:
@@ -223,7 +245,7 @@ def open_out(out: Path, resuming: bool):
             probe = out / ".write-test"
             probe.write_bytes(b"")
             probe.unlink()
-        except OSError as e:
+        except OSError as e:  # an unreadable folder too (check_new_out lists it)
             raise UserError(f"cannot write to the out folder '{out}' ({e.strerror or e}); "
                             "pick a writable --out") from None
         yield out
