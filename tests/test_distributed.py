@@ -96,6 +96,7 @@ def test_two_ranks_train_the_same_weights_and_only_rank_0_writes(tmp_path):
     by_rank = writes(tmp_path, out.resolve())
     assert set(by_rank) == {0, 1}, "the audit hook did not run in both ranks"
     assert by_rank[1] == [], f"rank 1 wrote into the run folder: {by_rank[1][:5]}"
+    assert ".lock" in by_rank[0]  # rank 0 alone holds the run folder's lock (it alone writes)
     once = [p for p in by_rank[0] if p.startswith("samples/") or p == "config.json"]
     assert sorted(once) == sorted(set(once)), "a file was written twice"
     assert {"samples/real.png", "samples/fake_epoch_001.png", "samples/fake_epoch_002.png",

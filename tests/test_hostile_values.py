@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,10 @@ JSON = st.recursive(st.none() | NUMBERS | st.text(max_size=20),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                     max_leaves=12)
 FIELDS = [name for name in TrainConfig.__dataclass_fields__]
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# A fixed draw in CI (derandomize); GANKIT_FUZZ_EXAMPLES=N draws N fresh examples a test, to hunt.
+FUZZ = settings(max_examples=int(os.environ.get("GANKIT_FUZZ_EXAMPLES", 150)), deadline=None,
+                derandomize="GANKIT_FUZZ_EXAMPLES" not in os.environ,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def valid_config() -> dict:
@@ -187,3 +191,35 @@ def test_a_folder_manifest_of_any_json_is_used_or_rebuilt(tmp_path_factory, mani
                                                             "skipped": 0, "npy_bytes": 256, "checksum": "x",
                                                             key: value}))
     assert folder_cache.open_cache(folder, expected)[0] is None
+
+
+# --- a feature network that is TorchScript but not Inception's calling convention --------------
+class TakesOnlyImages(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().flatten(1)
+
+
+class RaisesInside(torch.nn.Module):
+    def forward(self, x: torch.Tensor, return_features: bool = False, no_output_bias: bool = False) -> torch.Tensor:
+        raise RuntimeError("a layer of this network is broken")
+
+
+class GivesAnImage(torch.nn.Module):
+    def forward(self, x: torch.Tensor, return_features: bool = False, no_output_bias: bool = False) -> torch.Tensor:
+        return x.float()
+
+
+@pytest.mark.parametrize("module, needle", [(TakesOnlyImages, "cannot be called as Inception-v3 is"),
+                                            (RaisesInside, "a layer of this network is broken"),
+                                            (GivesAnImage, "must give (N, D) floats")])
+def test_feature_weights_of_another_calling_convention_are_one_line(run, tmp_path, capsys, module, needle):
+    weights = tmp_path / "net.pt"
+    torch.jit.script(module()).save(str(weights))
+    code, err = run_cli(["eval", str(run), "--features", "inception", "--feature-weights", str(weights), "--n", "20",
+                         "--no-progress"], capsys)
+    assert_one_line_error(code, err, needle, "inception-2015-12-05.pt")
+
+
+def test_a_value_with_a_line_break_is_quoted_on_one_line(tmp_path, capsys):
+    code, err = run_cli(["train", "--dataset", "mni\nst", "--out", str(tmp_path / "r")], capsys)
+    assert_one_line_error(code, err, "unknown --dataset 'mni\\nst'")

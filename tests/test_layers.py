@@ -18,7 +18,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 # Bottom to top; the one place the layers are declared (docs/architecture.md shows this table,
 # and test_the_docs_show_the_layers_declared_here holds the two together).
 LAYERS: dict[str, tuple[str, ...]] = {
-    "base": ("errors", "checks", "files", "seeds", "paths", "version"),
+    "base": ("errors", "checks", "files", "runlock", "seeds", "paths", "version"),
     "plain parts": ("config", "checkpoint", "data", "data.idx", "data.idx_files", "data.folder_cache", "models",
                     "models.dcgan", "models.resnet", "models.spectral", "models.vae", "training",
                     "training.losses", "training.augment", "training.task", "training.signals", "metrics",

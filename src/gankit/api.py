@@ -190,7 +190,7 @@ class Run:
         Returns this Run, at its new checkpoint."""
         if epochs is not None:
             changes["epochs"] = epochs
-        config, state = resume_with(self.folder, changes)
+        config, state = resume_with(self.path, changes)  # a checkpoint file: its run folder, as the CLI
         self.note = train_config(config, state).note
         self._cache.clear()
         return self

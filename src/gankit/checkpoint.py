@@ -135,14 +135,16 @@ def digest(state: dict) -> str:
     return states_digest(state["modules"])
 
 
-SHAPE_SETTINGS = ("model", "arch", "image_size", "channels", "nz", "latent_dim", "width", "edge", "d_input_bn",
-                  "d_bn", "sn", "pack", "conditional", "num_classes")
+# The settings every model's weights take their shapes from; a task adds its own (shape_settings).
+SHAPE_SETTINGS = ("model", "image_size", "channels", "conditional", "num_classes")
 
 
 def restore(task, state: dict, config) -> None:
     """Load a checkpoint's module states (and optimizer states, where the task has
-    optimizers) into a task, or say which part does not fit."""
-    settings = ", ".join(f"{k}={getattr(config, k)}" for k in SHAPE_SETTINGS if getattr(config, k) is not None)
+    optimizers) into a task, or say which part does not fit (naming the settings that give
+    the weights their shapes)."""
+    shaping = (*SHAPE_SETTINGS, *type(task).shape_settings)
+    settings = ", ".join(f"{k}={getattr(config, k)}" for k in shaping if getattr(config, k) is not None)
     saved = state.get("modules", {})
     for name, module in task.modules.items():
         if name not in saved:

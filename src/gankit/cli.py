@@ -94,15 +94,28 @@ def build_parser() -> Parser:
     parser = Parser(prog="gankit", description="Train, sample and judge image generative models.")
     parser.add_argument("--version", action="version", version=f"gankit {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
+    add_train_command(sub)
+    add_sample_command(sub)
+    add_export_command(sub)
+    add_eval_command(sub)
+    add_evaluator_command(sub)
+    add_serve_command(sub)
+    add_eval_nll_command(sub)
+    return parser
 
+
+def add_train_command(sub) -> None:
     t = sub.add_parser("train", help="train a model (default: the tutorial's DCGAN on MNIST)",
                        argument_default=argparse.SUPPRESS,
                        description=f"Train a model (default: --model {TrainConfig.model} on --dataset "
                        f"{TrainConfig.dataset}, {TrainConfig.epochs} epochs). Every setting of gankit.train is a flag.")
-    t.add_argument("--resume", metavar="RUN", help="go on with the run in this folder (or its checkpoint file)")
+    t.add_argument("--resume", metavar="RUN", help="go on with the run in this folder (or from a checkpoint "
+                   "file in its checkpoints/)")
     for f in dataclasses.fields(TrainConfig):
         add_setting(t, f)
 
+
+def add_sample_command(sub) -> None:
     s = sub.add_parser("sample", help="generate images from a trained run")
     s.add_argument("run", help="run folder (or a checkpoint file)")
     s.add_argument("--n", type=positive_int, help="how many images (default: 10000, or 64 with --grid; "
@@ -119,6 +132,8 @@ def build_parser() -> Parser:
     s.add_argument("--batch-size", type=positive_int, default=500)
     s.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
 
+
+def add_export_command(sub) -> None:
     x = sub.add_parser("export", help="write a run's generator to a .safetensors or .onnx file",
                        description="Write the generator alone (a VAE's decoder; the averaged G of an --ema run), "
                        "z (N, nz) -> images (N, C, S, S) in [-1, 1] at the network's size, with the run's "
@@ -129,6 +144,8 @@ def build_parser() -> Parser:
     x.add_argument("--format", choices=("safetensors", "onnx"), help="default: from --out's suffix; onnx needs "
                    "`pip install 'gankit[export]'`")
 
+
+def add_eval_command(sub) -> None:
     j = sub.add_parser("eval", help="judge samples: FID, KID, classifier score, precision/recall, modes")
     j.add_argument("target", help="a run folder, or a .npz from `gankit sample`")
     j.add_argument("--features", default=DEFAULT_FEATURES, metavar=one_of(FEATURES), help="whose features judge "
@@ -146,6 +163,8 @@ def build_parser() -> Parser:
     j.add_argument("--json", action="store_true", help="print one JSON object")
     j.add_argument("--no-progress", dest="progress", action="store_false")
 
+
+def add_evaluator_command(sub) -> None:
     v = sub.add_parser("evaluator", help="the judge's own classifier: build it ahead of first use")
     vsub = v.add_subparsers(dest="action", parser_class=Parser, metavar="ACTION", required=True)
     vt = vsub.add_parser("train", help="train and cache the evaluator of a labelled dataset (or load it)",
@@ -158,6 +177,8 @@ def build_parser() -> Parser:
     vt.add_argument("--json", action="store_true", help="print one JSON object")
     vt.add_argument("--no-progress", dest="progress", action="store_false")
 
+
+def add_serve_command(sub) -> None:
     w = sub.add_parser("serve", help="explore a trained run in the browser: samples, classes, latent walks",
                        description="Serve a local web page for a run: a grid of samples, new samples at a "
                        "click, a class picker for --conditional runs, and a slider along a latent walk. "
@@ -168,6 +189,8 @@ def build_parser() -> Parser:
                    "0.0.0.0 lets other machines in)")
     w.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
 
+
+def add_eval_nll_command(sub) -> None:
     e = sub.add_parser("eval-nll", help="a VAE run's test-set negative ELBO and IWAE bound, nats per image")
     e.add_argument("run", help="run folder of a vae or vae-mlp run")
     e.add_argument("--k", type=positive_int, default=1000, help="importance samples per image (default: 1000)")
@@ -176,7 +199,6 @@ def build_parser() -> Parser:
     e.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--no-progress", dest="progress", action="store_false")
-    return parser
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -17,6 +17,11 @@ class GankitError(Exception):
     exit_code = 1
     prefix = "error: "  # how the CLI introduces the message
 
+    def __init__(self, message: str = "", *args):
+        # One line, always: a value quoted from a file or a flag may hold a line break, which
+        # is shown escaped (as repr shows it) instead of breaking the message in two.
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"), *args)
+
 
 class UserError(GankitError, ValueError):
     """A problem with the user's input, fixable by the user. Message: one line."""

@@ -54,10 +54,19 @@ def check_types(config: TrainConfig) -> None:
         kinds = [k.strip() for k in str(f.type).split("|")]
         if value is None and "None" in kinds:
             continue
-        if not any(isinstance(value, TYPES[k][0]) and (k == "bool" or not isinstance(value, bool))
-                   for k in kinds if k != "None"):
+        if not any(admits(k, value) for k in kinds if k != "None"):
             meaning = " or ".join(TYPES[k][1] if k != "None" else "None" for k in kinds)
             raise UserError(f"{flag(f.name)} must be {meaning}, got {value!r:.40}")
+
+
+def admits(kind: str, value) -> bool:
+    """Whether a field of annotation `kind` takes `value`. A whole number where a float is
+    meant must be one (10**400 is not: every comparison with a float would overflow)."""
+    if not isinstance(value, TYPES[kind][0]) or (kind != "bool" and isinstance(value, bool)):
+        return False
+    if kind == "float" and isinstance(value, numbers.Integral):
+        return abs(value) <= 1e308
+    return True
 
 
 def check_names(config: TrainConfig) -> None:

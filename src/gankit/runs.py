@@ -3,23 +3,31 @@
 Everything that is not the training loop but needs a trained model goes through here:
 `gankit sample`, `serve`, `export`, `eval` and `eval-nll` call `load_run`, which builds
 the task without optimizers. `gankit train` calls `build_task` and, to go on with a run,
-`resume_state`. The checkpoint's format itself is gankit.checkpoint's.
+`resume_with`. The checkpoint's format itself is gankit.checkpoint's.
+
+Run folders: gankit writes only into its own. `is_run` is the one rule of what a run is;
+a new run goes into a missing or empty folder only, or one where gankit's own start ended
+before its first checkpoint (`check_new_out`); a training session holds its folder with
+`open_out`, one writer at a time (gankit.runlock).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-from gankit.checkpoint import about, find_checkpoint, load_checkpoint, restore
+from gankit.checkpoint import LAST, PREV, about, find_checkpoint, load_checkpoint, restore
 from gankit.config import TrainConfig
 from gankit.data import ImageData
 from gankit.errors import UserError
+from gankit.files import TEMP_SUFFIX
 from gankit.registry import conditional_needs_labels, dataset_spec, load_data, task_class
 from gankit.resolve import resolve
+from gankit.runlock import LOCK, check_free, run_lock
 
 
 def pick_device(name: str) -> torch.device:
@@ -108,17 +116,58 @@ RESUME_OVERRIDES = ("epochs", "max_steps", "device", "progress", "data_dir", "sa
 
 
 def resume_with(run: Path, changes: dict) -> tuple[TrainConfig, dict]:
-    """(config, state) to go on with a run, with `changes` (setting -> value) applied;
-    UserError for a setting that cannot change on resume. The CLI and gankit.Run.resume
-    both come through here."""
+    """(config, state) to go on with a run folder, or from a checkpoint file in its
+    checkpoints/, with `changes` (setting -> value) applied; UserError for a setting that
+    cannot change on resume. The CLI and gankit.Run.resume both come through here."""
     fixed = sorted(k for k in changes if k not in RESUME_OVERRIDES)
     if fixed:
         flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
         raise UserError(f"{flags} cannot change when resuming; a resumed run keeps its checkpoint's settings "
                         f"(you may change {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDES[:3])})")
+    folder = run_of(Path(run))
+    seen = stamp(find_checkpoint(Path(run)))  # before reading: a save during the read shows as a change
     config, state = resume_state(Path(run))
-    config = dataclasses.replace(config, **changes, out=str(Path(run)))
+    state[READ_FROM] = (str(run), seen)
+    config = dataclasses.replace(config, **changes, out=str(folder))
     return config, state
+
+
+def run_of(path: Path) -> Path:
+    """The run folder a resume of `path` writes: the folder itself, or for a checkpoint file
+    in a run's checkpoints/ the folder two levels up. A file elsewhere belongs to no run."""
+    if not path.is_file():
+        return path
+    if path.parent.name == "checkpoints":
+        return path.parent.parent
+    raise UserError(f"'{path}' is a checkpoint file outside a run folder; a resume goes on with a run folder "
+                    "and writes into it: pass the folder that `gankit train --out` wrote")
+
+
+# The state's note of the checkpoint it was read from, (what was given, stamp): resume_with
+# writes it, the training loop checks it once it holds the folder's lock. Never saved
+# (a checkpoint is made afresh by checkpoint.make_state).
+READ_FROM = "read_from"
+
+
+def stamp(path: Path) -> tuple:
+    """What changes when a checkpoint is written: a save renames a new file into place."""
+    st = path.stat()
+    return str(path), st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def check_unchanged(out: Path, state: dict) -> None:
+    """UserError when the run saved another checkpoint since `state` was read (another
+    process wrote it until a moment ago): going on from the old one would undo that work."""
+    given, seen = state.get(READ_FROM, (None, None))
+    if given is None:  # a state that resume_with did not read: nothing to compare
+        return
+    try:
+        now = stamp(find_checkpoint(Path(given)))
+    except (OSError, UserError):
+        now = None
+    if now != seen:
+        raise UserError(f"'{out}' got a new checkpoint while this resume was starting (another process was "
+                        "writing it); resume again to go on from the newest")
 
 
 class LoadedRun(NamedTuple):
@@ -136,24 +185,79 @@ def load_run(run: Path, device: str = "cpu") -> LoadedRun:
     return LoadedRun(config, task, state, native)
 
 
-def prepare_out(out: Path, resuming: bool) -> None:
-    """Make the run folder, or say why it cannot be the run folder."""
-    if not resuming and (out / "checkpoints" / "last.pt").exists():
+def is_run(folder: Path) -> bool:
+    """The one rule of what a run is: a folder whose checkpoints/ holds last.pt or prev.pt,
+    what `sample`, `serve`, `eval` and a resume load (a half-run with prev.pt alone counts).
+    gankit starts a new run only where there is no run and nothing else either."""
+    return any((Path(folder) / "checkpoints" / name).is_file() for name in (LAST, PREV))
+
+
+def check_new_out(out: Path) -> None:
+    """Say why `out` cannot take a new run: it holds a run, it is a file, or it holds
+    something gankit did not write (`foreign`). A new run goes into a missing or empty
+    folder, or one where a start of gankit's own ended before its first checkpoint."""
+    if is_run(out):
         raise UserError(f"'{out}' already holds a run; resume it with `gankit train --resume {out}` "
                         "or pick another --out")
-    try:
-        (out / "samples").mkdir(parents=True, exist_ok=True)
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to the out folder '{out}' ({e.strerror}); "
-                        "pick a writable --out") from None
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file, not a folder; pick another --out")
+    found = foreign(out) if out.is_dir() else []
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise UserError(f"'{out}' is not empty and holds no gankit run ({shown}); a new run goes into a "
+                        "missing or empty folder: pick another --out")
+
+
+# What a session writes before its first checkpoint (open_out, then setup), folder by folder.
+BEFORE_FIRST_CHECKPOINT = {"": {LOCK, ".write-test", "config.json", "samples", "checkpoints"},
+                           "samples": {"real.png"}, "checkpoints": set()}
+
+
+def foreign(out: Path) -> list[str]:
+    """What in the folder `out` a new run must not write over: all but gankit's lock file;
+    where that lock file shows that gankit made the folder, all but what a session writes
+    before its first checkpoint (and the temporaries of those writes). A start stopped
+    there (Ctrl+C, an error) is gankit's own, with nothing to lose: run again to start over."""
+    if not (out / LOCK).is_file():
+        return sorted(p.name for p in out.iterdir() if p.name != LOCK)
+    found = []
+    for sub, own in BEFORE_FIRST_CHECKPOINT.items():
+        folder = out / sub
+        if sub and not folder.is_dir():
+            found += [sub] if folder.exists() else []
+            continue
+        found += [f"{sub}/{p.name}" if sub else p.name for p in folder.iterdir()
+                  if p.name not in own and not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX))]
+    return sorted(found)
+
+
+@contextmanager
+def open_out(out: Path, resuming: bool):
+    """Hold the run folder for writing inside the block: made if missing, locked against a
+    second writer (gankit.runlock), and checked, or UserError saying why it cannot be."""
+    with ExitStack() as held:
+        try:
+            if not resuming:  # before anything is written: a folder that is not ours stays untouched
+                check_free(out)  # a session at work there is said first
+                check_new_out(out)
+            out.mkdir(parents=True, exist_ok=True)
+            held.enter_context(run_lock(out))
+            if not resuming:
+                check_new_out(out)  # again, holding the lock: another may have started here meanwhile
+            (out / "samples").mkdir(exist_ok=True)
+            (out / "checkpoints").mkdir(exist_ok=True)
+            probe = out / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:  # an unreadable folder too (check_new_out lists it)
+            raise UserError(f"cannot write to the out folder '{out}' ({e.strerror or e}); "
+                            "pick a writable --out") from None
+        yield out
 
 
 def default_out(config: TrainConfig) -> Path:
-    """runs/<model>-<dataset>, or -2, -3, ... when that already exists."""
+    """runs/<model>-<dataset>, or -2, -3, ...: the first of them that is missing (a new run
+    goes into no existing folder, not even an empty one of the user's)."""
     base = Path("runs") / f"{config.model}-{config.dataset}"
     out, k = base, 1
     while out.exists():

@@ -205,6 +205,33 @@ def _network_device(net) -> torch.device:
     return torch.device("cpu")
 
 
+def call_network(net, batch: Tensor, **flag: bool) -> Tensor:
+    """net(batch, return_features=True) or net(batch, no_output_bias=True), as StyleGAN2-ADA
+    calls it: a tensor (N, D) back, or the one-line UserError. A file that is TorchScript but
+    not this network (a forward of other arguments, one that raises inside, other outputs)
+    fails here, whatever it raises: TorchScript's errors are RuntimeErrors of many lines."""
+    name = next(iter(flag))
+    try:
+        out = net(batch, **flag)
+    except Exception as e:  # noqa: BLE001 -- any failure inside a foreign network is the file's
+        raise UserError(f"the feature network cannot be called as Inception-v3 is (net(images, {name}=True)): "
+                        f"{network_error(e)}; use {WEIGHTS_NAME}") from None
+    if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != len(batch) or not out.is_floating_point():
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise UserError(f"the feature network does not follow StyleGAN2-ADA's calling convention ({name}=True "
+                        f"must give (N, D) floats, it gave {shape}); use {WEIGHTS_NAME}")
+    return out
+
+
+def network_error(err: Exception) -> str:
+    """What went wrong inside a network, in a few words: an error raised inside TorchScript
+    comes wrapped in the interpreter's trace, whose last line is the error itself."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and "Traceback of TorchScript" in str(err):
+        return one_line(RuntimeError(lines[-1].split("Error: ", 1)[-1]), 160)
+    return one_line(err, 160)
+
+
 def _shortcut_weight(net, batch: Tensor, features: Tensor) -> Tensor | None:
     """``net.output.weight`` (the real network's classifier, (1008, 2048)) when
     softmax(features @ weight.T) gives what ``net(batch, no_output_bias=True)`` gives, else None.
@@ -215,15 +242,15 @@ def _shortcut_weight(net, batch: Tensor, features: Tensor) -> Tensor | None:
     if not isinstance(weight, Tensor) or weight.ndim != 2 or weight.shape[1] != features.shape[1]:
         return None
     probs = torch.softmax(F.linear(features, weight), dim=1)
-    expected = net(batch, no_output_bias=True)
-    same = isinstance(expected, Tensor) and expected.shape == probs.shape \
+    expected = call_network(net, batch, no_output_bias=True)
+    same = expected.shape == probs.shape \
         and torch.allclose(probs, expected, rtol=1e-4, atol=1e-6)
     return weight if same else None
 
 
 def _probabilities(net, batch: Tensor, features: Tensor, weight: Tensor | None) -> Tensor:
     if weight is None:
-        return net(batch, no_output_bias=True)
+        return call_network(net, batch, no_output_bias=True)
     return torch.softmax(F.linear(features, weight), dim=1)
 
 
@@ -242,10 +269,7 @@ def network_outputs(net, images: Tensor, *, batch_size: int = BATCH_SIZE, device
             batch = images[start:start + batch_size].to(device)
             if batch.shape[1] == 1:
                 batch = batch.repeat(1, 3, 1, 1)
-            f = net(batch, return_features=True)
-            if not isinstance(f, Tensor) or f.ndim != 2 or f.shape[0] != len(batch):
-                raise UserError("the feature network does not follow StyleGAN2-ADA's calling convention "
-                                f"(return_features=True must give (N, D) features); use {WEIGHTS_NAME}")
+            f = call_network(net, batch, return_features=True)
             if start == 0:
                 weight = _shortcut_weight(net, batch, f)
             features.append(f.cpu())

@@ -134,6 +134,7 @@ class GanTask(Task):
                 "pack": 1, "ema": 0.0}
     metric_names = ("loss_d", "loss_g", "d_real", "d_fake")
     hparam_tags = ("epoch/loss_d", "epoch/loss_g")
+    shape_settings = ("arch", "nz", "width", "edge", "d_input_bn", "d_bn", "sn", "pack")
     takes_ema = True
     takes_labels = True
 

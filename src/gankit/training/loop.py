@@ -19,6 +19,7 @@ import json
 import math
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,11 +39,12 @@ from gankit.registry import dataset_spec, task_class
 from gankit.resolve import resolve
 from gankit.runs import (
     build_task,
+    check_unchanged,
     default_out,
     has_test_split,
     load_split,
+    open_out,
     pick_device,
-    prepare_out,
     resolve_data_config,
 )
 from gankit.training.runner import Batches, Stepper, resolve_precision
@@ -98,14 +100,15 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
     ranks = Ranks.start(device)
     together = False  # every rank ends the same way: done, or stopped after the same step (run_steps)
     try:
-        run = setup(config, resume, log if ranks.main else (lambda msg: None), ranks)
-        if run.step >= run.total:
-            run.log(f"nothing to do: '{run.out}' is at step {run.step} of {run.total}; pass --epochs with a "
-                    "larger number to go on")
-        else:
-            if resume is None:
-                save(run)  # step 0: a run folder always holds a checkpoint that loads and resumes
-            run_steps(run)
+        with ExitStack() as held:  # the run folder's lock (runs.open_out): from setup to the last save
+            run = setup(config, resume, log if ranks.main else (lambda msg: None), ranks, held)
+            if run.step >= run.total:
+                run.log(f"nothing to do: '{run.out}' is at step {run.step} of {run.total}; pass --epochs with "
+                        "a larger number to go on")
+            else:
+                if resume is None:
+                    save(run)  # step 0: a run folder always holds a checkpoint that loads and resumes
+                run_steps(run)
         together = True
     except Stopped:
         together = True
@@ -115,13 +118,16 @@ def train(config: TrainConfig, *, resume: dict | None = None, log=None) -> Path:
     return run.out
 
 
-def run_folder(config: TrainConfig, resuming: bool, ranks: Ranks) -> Path:
-    """Rank 0 picks and prepares the run folder; the others learn where it is, or its error."""
+def run_folder(config: TrainConfig, resume: dict | None, ranks: Ranks, held: ExitStack) -> Path:
+    """Rank 0 picks the run folder and holds it for writing until `held` closes (the other
+    ranks never write); the others learn where it is, or its error."""
     error, out = None, None
     if ranks.main:
         out = Path(config.out) if config.out else default_out(config)
         try:
-            prepare_out(out, resuming=resuming)
+            held.enter_context(open_out(out, resuming=resume is not None))
+            if resume is not None:
+                check_unchanged(out, resume)  # holding the lock: no one can save after this check
         except UserError as e:
             error = e
     out = Path(ranks.broadcast(str(out) if ranks.main else None))
@@ -129,9 +135,9 @@ def run_folder(config: TrainConfig, resuming: bool, ranks: Ranks) -> Path:
     return out
 
 
-def setup(config: TrainConfig, resume: dict | None, log, ranks: Ranks) -> Session:
-    """Data, run folder, task, batches and stepper, with the random state where a
-    straight run would have it."""
+def setup(config: TrainConfig, resume: dict | None, log, ranks: Ranks, held: ExitStack) -> Session:
+    """Data, run folder (its lock held until `held` closes), task, batches and stepper, with
+    the random state where a straight run would have it."""
     # Data first: a missing dataset must fail before anything is written.
     data = ranks.main_first(lambda: load_split(config, "train", log))
     config = resolve_data_config(config, data)
@@ -140,7 +146,7 @@ def setup(config: TrainConfig, resume: dict | None, log, ranks: Ranks) -> Sessio
         several = f" x {per_step // config.batch_size} batches a step" if per_step > config.batch_size else ""
         raise UserError(f"--batch-size {config.batch_size}{several} is larger than the dataset "
                         f"({len(data)} images); use a smaller batch size")
-    out = run_folder(config, resume is not None, ranks)
+    out = run_folder(config, resume, ranks, held)
     config.out = str(out)
     device = ranks.device
     task = build_task(config, data.channels, device, data.native_size, resume)

@@ -16,6 +16,8 @@ Class members (read before a task exists):
 - `summary(config)`: what the log line that starts training adds after the model's name.
 - `metric_names`: the step's metrics; the first two go on the progress bar.
 - `hparam_tags`: the TensorBoard tags shown beside the run's settings in the HPARAMS tab.
+- `shape_settings`: the config fields its weights take their shapes from (besides the image
+  size, channels and classes), named when a checkpoint does not fit.
 - `native_pixels`: True when the network works at the data's native size (no padding).
 - `takes_ema`, `takes_labels`: whether `--ema` (sampling from averaged weights) and
   `--conditional` (class labels for G and D) apply to this model.
@@ -60,6 +62,7 @@ class Task:
     defaults: dict = {}
     metric_names: tuple[str, ...] = ()
     hparam_tags: tuple[str, ...] = ()
+    shape_settings: tuple[str, ...] = ()
     native_pixels = False
     takes_ema = False
     takes_labels = False

@@ -118,6 +118,7 @@ class VaeTask(Task):
     defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "width": 32, "latent_dim": 32, "batch_size": 128}
     metric_names = ("neg_elbo", "recon", "kl")
     hparam_tags = ("epoch/neg_elbo", "epoch/test_neg_elbo")
+    shape_settings = ("latent_dim", "width")
 
     @classmethod
     def make_model(cls, config, channels: int) -> nn.Module:
