@@ -29,7 +29,7 @@ from gankit.training.runner import Batches, Stepper  # noqa: E402
 
 def variant(dtype, compiled: bool, channels_last: bool = True) -> Stepper:
     torch.manual_seed(0)
-    config = resolve(TrainConfig(image_size=32, channels=1))
+    config = resolve(TrainConfig(recipe="dcgan", image_size=32, channels=1))
     task = GanTask(config, channels=1, device=torch.device("cpu"), channels_last=channels_last)
     if compiled:
         task.generator.forward = torch.compile(task.generator.forward)

@@ -47,7 +47,7 @@ def sync(device: torch.device) -> None:
 def timed_steps(batch: int, device: torch.device, *, graph: bool, steps: int, ranks: Ranks | None = None):
     """(seconds a step, after WARMUP + 2 untimed steps; the task); `batch` is the global batch."""
     torch.manual_seed(0)
-    config = resolve(TrainConfig(image_size=SIZE, channels=1, batch_size=batch))
+    config = resolve(TrainConfig(recipe="dcgan", image_size=SIZE, channels=1, batch_size=batch))
     task = GanTask(config, channels=1, device=device)
     if ranks is not None and ranks.world > 1:
         task.distribute(ranks)
@@ -69,7 +69,7 @@ def timed_steps(batch: int, device: torch.device, *, graph: bool, steps: int, ra
 def traffic() -> dict:
     """What one step sends between ranks: DDP's all-reduce of the fp32 gradients of G and
     D (the step's bulk), beside synchronized BatchNorm's small all-reduces (counted by `ranks`)."""
-    config = resolve(TrainConfig(image_size=SIZE, channels=1))
+    config = resolve(TrainConfig(recipe="dcgan", image_size=SIZE, channels=1))
     task = GanTask(config, channels=1, device=torch.device("cpu"))
     g = sum(p.numel() for p in task.generator.parameters())
     d = sum(p.numel() for p in task.discriminator.parameters())

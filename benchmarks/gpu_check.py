@@ -46,7 +46,7 @@ def losses(graph: bool, steps: int, **settings) -> tuple[list[list[float]], bool
     """Per-step (loss_d, loss_g) of `steps` steps from seed 0, and whether a graph ran."""
     device = torch.device("cuda")
     torch.manual_seed(0)
-    config = resolve(TrainConfig(image_size=32, channels=1, **settings))
+    config = resolve(TrainConfig(**{"recipe": "dcgan", **settings}, image_size=32, channels=1))
     task = GanTask(config, channels=1, device=device)
     per_step = 128 * GanTask.batches_per_step(config)
     images = torch.randint(0, 256, (per_step * steps, 1, 32, 32), dtype=torch.uint8,
@@ -106,8 +106,8 @@ def main() -> None:
     print(json.dumps(result["streaming"]), flush=True)
 
     started = time.perf_counter()
-    run = train(TrainConfig(data_dir=args.data_dir, out=str(out / "mnist-10"), progress=False, eval_every=0,
-                            save_every="0"))
+    run = train(TrainConfig(recipe="dcgan", data_dir=args.data_dir, out=str(out / "mnist-10"), progress=False,
+                            eval_every=0, save_every="0"))
     wall = time.perf_counter() - started
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     result["mnist_10_epochs"] = {"training_seconds": sum(e["seconds"] for e in epochs), "wall_seconds": wall,

@@ -41,8 +41,8 @@ def main() -> None:
                    help="training precision (default auto: gankit's default)")
     args = p.parse_args()
     runs = [Path(r) for r in args.runs] if args.runs else [
-        train(TrainConfig(data_dir=args.data_dir, out="runs/quality-dcgan", progress=False, eval_every=0,
-                          precision=args.precision))]
+        train(TrainConfig(recipe="dcgan", data_dir=args.data_dir, out="runs/quality-dcgan", progress=False,
+                          eval_every=0, precision=args.precision))]
     for run in runs:
         config, task, state, native = load_run(run)
         evaluator_for(config.dataset, args.data_dir or config.data_dir)  # cached before the clock starts

@@ -103,7 +103,8 @@ def main() -> None:
                 train(config, resume=state)
             else:
                 config = TrainConfig(dataset="mnist", data_dir=args.data_dir, epochs=epochs, seed=args.seed,
-                                     out=str(run), progress=False, precision=args.precision, **VARIANTS[name])
+                                     out=str(run), progress=False, precision=args.precision,
+                                     **{"recipe": "dcgan", **VARIANTS[name]})  # the paper's, then the variant
                 train(config)
             result = {"variant": name, **judge(run, evaluator, real_features),
                       "train_seconds": round(time.perf_counter() - started, 1)}

@@ -112,8 +112,8 @@ class Gankit:
 
     def __init__(self, images: torch.Tensor, batch_size: int, size: int, device: torch.device, precision: str,
                  graph: bool):
-        config = resolve(TrainConfig(image_size=size, channels=1, batch_size=batch_size, precision=precision,
-                             cuda_graph=graph))
+        config = resolve(TrainConfig(recipe="dcgan", image_size=size, channels=1, batch_size=batch_size,
+                                     precision=precision, cuda_graph=graph))
         self.task = GanTask(config, channels=1, device=device)
         self.batches = Batches(images, batch_size=batch_size, seed=0, image_size=size, device=device)
         self.stepper = Stepper(self.task, device, dtype=resolve_precision(precision, device), graph=graph)

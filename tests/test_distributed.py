@@ -25,8 +25,9 @@ from gankit.distributed import Ranks, SyncBatchNorm2d, sync_batchnorm, weights_d
 from gankit.training.runner import Batches
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-TINY = ["--dataset", "fake", "--fake-size", "128", "--image-size", "16", "--width", "8", "--nz", "8",
-        "--batch-size", "16", "--epochs", "2", "--no-progress", "--eval-every", "0", "--save-every", "3"]
+# The DCGAN paper's recipe: R1 (the default's) does not run under torchrun yet.
+TINY = ["--dataset", "fake", "--fake-size", "128", "--image-size", "16", "--width", "8", "--nz", "8", "--recipe",
+        "dcgan", "--batch-size", "16", "--epochs", "2", "--no-progress", "--eval-every", "0", "--save-every", "3"]
 
 AUDIT = '''
 import atexit, os, sys
@@ -216,3 +217,11 @@ def test_one_process_is_rank_0_of_1():
     indices = torch.arange(10)
     assert ranks.main and ranks.world == 1 and torch.equal(ranks.shard(indices), indices)
     assert ranks.max(3, 0) == (3, 0) and ranks.gather("x") == ["x"] and ranks.broadcast(5) == 5
+
+
+def test_the_default_recipe_under_torchrun_says_how_to_go_without_r1(tmp_path):
+    args = [a for a in TINY if a not in ("--recipe", "dcgan")]  # the default recipe: R1 on
+    result = torchrun([*args, "--out", str(tmp_path / "run")], tmp_path)
+    said = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode != 0 and said
+    assert "--r1 does not run under torchrun yet" in said[0] and "--r1 0 or --recipe dcgan" in said[0]

@@ -109,7 +109,8 @@ def test_r1_is_added_lazily_and_its_gradient_reaches_d():
     config = resolve(TrainConfig(image_size=16, width=8, nz=8, r1=10.0, r1_every=4))
     task = GanTask(config, channels=1, device=torch.device("cpu"))
     assert [task.regularizes(s) for s in range(8)] == [True, False, False, False] * 2
-    plain = GanTask(resolve(TrainConfig(image_size=16, width=8, nz=8)), channels=1, device=torch.device("cpu"))
+    plain = GanTask(resolve(TrainConfig(image_size=16, width=8, nz=8, recipe="dcgan")), channels=1,
+                    device=torch.device("cpu"))
     assert not any(plain.regularizes(s) for s in range(20))
     real = torch.rand(8, 1, 16, 16) * 2 - 1
     torch.manual_seed(1)
@@ -203,7 +204,7 @@ def test_recipes_are_data_and_flags_override_them():
     best = resolve(TrainConfig(recipe="dcgan-b64-r1"))
     assert (best.batch_size, best.r1, best.r1_every, best.loss, best.edge) == (64, 1.0, 16, "bce", "4x4")
     assert resolve(TrainConfig(recipe="dcgan-b64-r1", batch_size=32)).batch_size == 32
-    assert resolve(TrainConfig()).batch_size == 128 == resolve(TrainConfig(model="vae")).batch_size
+    assert resolve(TrainConfig(recipe="dcgan")).batch_size == 128 == resolve(TrainConfig(model="vae")).batch_size
     # An architecture named on the command line brings its published init, unless --init is given.
     assert resolve(TrainConfig(arch="resnet")).init == "xavier"
     assert resolve(TrainConfig(recipe="sngan", arch="dcgan")).init == "normal"

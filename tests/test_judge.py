@@ -149,3 +149,41 @@ def test_a_conditional_run_is_judged_on_its_classes(tmp_path, capsys, monkeypatc
     assert 0 <= json.loads(capsys.readouterr().out)["class_accuracy"] <= 1
     assert main(["eval", str(run), "--n", "200", "--no-progress"]) == 0
     assert "class accuracy" in capsys.readouterr().out
+
+
+def near_copies(images: torch.Tensor, labels: torch.Tensor, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """per_class images of each class, each one real digit of the class with a little noise:
+    what a generator that collapsed inside every class draws."""
+    g = torch.Generator().manual_seed(0)
+    picks = torch.stack([torch.nonzero(labels == k)[0, 0] for k in range(10)]).repeat_interleave(per_class)
+    noise = torch.randint(-6, 7, (len(picks), 1, 28, 28), generator=g)
+    return (images[picks].int() + noise).clamp(0, 255).to(torch.uint8), labels[picks]
+
+
+def test_intra_class_fid_and_spread_tell_real_digits_from_near_copies(small_evaluator):
+    import gankit.metrics.judge_evaluator as judge_evaluator
+    train = load_dataset("mnist", split="train", data_dir=str(MNIST_DIR))
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(7))[:2000]
+    images, labels = train.images[pick], train.labels[pick]  # real digits, drawn "for" their classes
+    real = judge_evaluator.score_samples(images, "mnist", str(MNIST_DIR), progress=False, labels=labels)
+    assert real["near_copy_classes"] == [] and all(0.8 < s < 1.25 for s in real["spread_per_class"])
+    assert len(real["intra_fid_per_class"]) == 10 and real["floor"]["near_copy_classes"] == []
+    assert real["intra_fid"] == pytest.approx(sum(real["intra_fid_per_class"]) / 10)
+    assert real["intra_fid"] < 2 * real["floor"]["intra_fid"]  # real digits score about their floor
+    copies, copy_labels = near_copies(images, labels, 100)
+    collapsed = judge_evaluator.score_samples(copies, "mnist", str(MNIST_DIR), progress=False, labels=copy_labels)
+    assert collapsed["near_copy_classes"] == list(range(10))
+    assert all(s < judge_evaluator.SPREAD_FLAG for s in collapsed["spread_per_class"])
+    assert collapsed["intra_fid"] > 3 * real["intra_fid"]
+    unlabelled = judge_evaluator.score_samples(images, "mnist", str(MNIST_DIR), progress=False, floor=False)
+    assert "intra_fid" not in unlabelled
+
+
+def test_the_table_shows_the_intra_class_fid_and_the_near_copies(small_evaluator, capsys):
+    import gankit.metrics.judge_evaluator as judge_evaluator
+    train = load_dataset("mnist", split="train", data_dir=str(MNIST_DIR))
+    copies, labels = near_copies(train.images[-2000:], train.labels[-2000:], 50)
+    result = judge_evaluator.score_samples(copies, "mnist", str(MNIST_DIR), progress=False, labels=labels)
+    footer = judge_evaluator.evaluator_footer(result)
+    assert "intra-class FID" in footer and f"{result['floor']['intra_fid']:.3f}" in footer
+    assert "near copies in classes 0 (" in footer and "9 (" in footer

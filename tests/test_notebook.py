@@ -100,7 +100,7 @@ def test_a_run_shows_the_real_and_the_generated_grid(executed):
     assert len(shown) == 2
     for cell in shown:
         html = next(o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {}))
-        assert html.count("<img") == 2 and "real" in html and "generated, epoch 2" in html
+        assert html.count("<img") == 2 and "real" in html and "generated, epoch " in html  # a finished epoch's grid
 
 
 def test_the_judge_prints_both_models_beside_the_floor(executed):

@@ -366,3 +366,18 @@ def test_precomputed_real_radii_give_the_same_answer():
     rng = np.random.default_rng(3)
     real, fake = rng.normal(size=(60, 4)), rng.normal(size=(50, 4)) + 0.5
     assert precision_recall(real, fake, real_radii=knn_radii(real)) == precision_recall(real, fake)
+
+
+def test_intra_class_fid_is_the_fid_of_each_class_by_hand():
+    g = torch.Generator().manual_seed(0)
+    features, ref = torch.randn(300, 6, generator=g), torch.randn(400, 6, generator=g) + 0.3
+    labels, ref_labels = torch.arange(300) % 3, torch.arange(400) % 4  # class 3: no samples
+    per_class = q.intra_class_fid(features, labels, ref, ref_labels, 4)
+    by_hand = [q.fid(features[labels == k], ref[ref_labels == k]) for k in range(3)]
+    assert per_class[:3] == pytest.approx(by_hand) and per_class[3] is None
+
+
+def test_mean_pairwise_distance_by_hand():
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])
+    assert q.mean_pairwise_distance(x) == pytest.approx((5 + 10 + 5) / 3)
+    assert q.mean_pairwise_distance(x, max_rows=2) == pytest.approx(5.0)

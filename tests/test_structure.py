@@ -187,3 +187,23 @@ def test_the_name_scan_sees_a_stale_name():
 
     stale = "GAN architecture: dcgan (the tutorial's) or resnet"
     assert set(re.findall(r"[a-z0-9][a-z0-9-]*[a-z0-9]", stale)) >= {"dcgan", "resnet"}
+
+
+def test_the_default_recipe_is_the_one_the_results_name():
+    import re
+
+    text = (SRC.parents[1] / "docs" / "results.md").read_text()
+    section = text.split("## The default\n", 1)[1].split("\n## ", 1)[0]
+    named = re.search(r"`gankit train` with no flags trains the DCGAN with `--recipe ([\w-]+)`", section)
+    assert named and named.group(1) == TrainConfig.recipe
+
+
+def test_an_old_run_resolves_to_its_own_recipe():
+    # A saved config names its recipe: a new default changes no run trained before it.
+    from gankit.runs import saved_config
+
+    saved = TrainConfig(recipe="dcgan", dataset="fake", image_size=16).to_dict()
+    for name in ("r1", "batch_size", "ema"):
+        saved[name] = None  # as a config saved before these settings existed
+    config = saved_config(saved, "'old'")
+    assert (config.recipe, config.r1, config.batch_size) == ("dcgan", 0.0, 128)

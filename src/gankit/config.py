@@ -54,8 +54,10 @@ class TrainConfig:
     nz: int = setting(100, "GAN: the length of z (DCGAN paper: 100)")
     latent_dim: int | None = setting(None, "VAE: the length of z; None: the model's")
     width: int | None = setting(None, "base width of the conv nets; None: the model's")
-    recipe: str = setting("dcgan", "GAN: a named set of settings (gankit.RECIPES; docs/results.md measures "
-                          "them); explicit settings win")
+    # The default is the best recipe measured at 10 epochs (docs/results.md, "The default");
+    # a run folder keeps the recipe it was trained with, so changing it changes no old run.
+    recipe: str = setting("dcgan-b64-r1", "GAN: a named set of settings (gankit.RECIPES; docs/results.md "
+                          "measures them); explicit settings win")
     init: str | None = setting(None, "GAN weight init (N(0, 0.02) is the DCGAN paper's); None: the recipe's")
     d_input_bn: bool | None = setting(None, "GAN: BatchNorm on D's first block; None: the recipe's")
     edge: str | None = setting(None, "GAN: G's first and D's last layer, 1x1 <-> 4x4 with stride 1, or k4 s2 p1 "

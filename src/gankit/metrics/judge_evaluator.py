@@ -7,7 +7,11 @@ Pipeline, for generated images and, as the floor, for as many real training imag
                         precision and recall (k=3) against the test split
          --evaluator--> class histogram, modes covered, KL to uniform;
                         with the labels the samples were drawn for (a conditional
-                        generator): class accuracy, the share classified as their label.
+                        generator): class accuracy, the share classified as their label;
+                        intra-class FID (each class's samples against the test digits of
+                        that class, and their mean) and each class's spread (how far apart
+                        its samples lie, against how far apart real digits of the class do),
+                        beside the floor of real training digits of each class.
 
 A dataset whose images hold one digit per channel (Stacked MNIST: three digits in R, G,
 B; its registry entry borrows the MNIST evaluator) is judged channel by channel: the class
@@ -27,7 +31,15 @@ import torch
 
 from gankit.errors import UserError
 from gankit.metrics.evaluator import classify, load_or_train_evaluator, mode_coverage
-from gankit.metrics.quality import classifier_score, fid, kid, knn_radii, precision_recall
+from gankit.metrics.quality import (
+    classifier_score,
+    fid,
+    intra_class_fid,
+    kid,
+    knn_radii,
+    mean_pairwise_distance,
+    precision_recall,
+)
 from gankit.metrics.reference import read_reference, reference_path, write_reference
 from gankit.metrics.request import Request
 from gankit.paths import default_data_root
@@ -48,7 +60,15 @@ __all__ = [
 ]
 
 #: What a cached reference must hold to be used (reference.read_reference checks them).
-REFERENCE_KEYS = ("test_features", "test_radii", "floors")
+REFERENCE_KEYS = ("test_features", "test_labels", "test_radii", "floors")
+#: A class whose samples lie on average closer together than this share of the distance
+#: between real digits of the class is flagged as drawn as near copies (a collapse inside the
+#: class, which accuracy and the pooled FID do not show); real training digits against the
+#: test digits of their class measure about 1.
+SPREAD_FLAG = 0.5
+#: Per-class figures for datasets of at most this many classes: Stacked MNIST's 1000 classes
+#: have about ten test images each, too few for the covariance of 128 features.
+MAX_CLASSES_PER_CLASS_FIGURES = 100
 
 
 def evaluator_for(dataset: str, data_dir: str | None, progress: bool = True, train=None):
@@ -101,6 +121,25 @@ def figures(features, probs, predicted, test_features, test_radii, num_classes: 
     }
 
 
+def class_figures(features, labels, test_features, test_labels, num_classes: int, seed: int) -> dict:
+    """Each class's figures: its intra-class FID against the test images of the class (and
+    their mean over the classes that have one) and its spread, the mean distance between
+    two of its samples over that between two real test images of the class."""
+    labels, test_labels = labels.cpu().long(), test_labels.cpu().long()
+    fids = intra_class_fid(features, labels, test_features, test_labels, num_classes)
+    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))
+    features, labels = features[order], labels[order]  # the first 1000 of a class: a seeded pick
+    spreads = []
+    for k in range(num_classes):
+        mine, real = features[labels == k], test_features[test_labels == k]
+        spreads.append(mean_pairwise_distance(mine) / mean_pairwise_distance(real)
+                       if len(mine) >= 2 and len(real) >= 2 else None)
+    known = [f for f in fids if f is not None]
+    return {"intra_fid": sum(known) / len(known) if known else None, "intra_fid_per_class": fids,
+            "spread_per_class": spreads,
+            "near_copy_classes": [k for k, s in enumerate(spreads) if s is not None and s < SPREAD_FLAG]}
+
+
 def score_samples(images: torch.Tensor, dataset: str, data_dir: str | None = None, *, seed: int = 0,
                   floor: bool = True, progress: bool = True, labels: torch.Tensor | None = None) -> dict:
     """All figures for uint8 images (N, C, 28, 28) of `dataset`, plus the floor for N real ones.
@@ -125,9 +164,30 @@ def score_samples(images: torch.Tensor, dataset: str, data_dir: str | None = Non
     result["n"] = len(images)
     if labels is not None:
         result["class_accuracy"] = (predicted.cpu() == labels.cpu().long()).float().mean().item()
+    per_class = labels is not None and num_classes <= MAX_CLASSES_PER_CLASS_FIGURES
+    if per_class:
+        result.update(class_figures(features, labels, ref["test_features"], ref["test_labels"], num_classes, seed))
     if floor:
-        result["floor"] = ref["floor"]
+        result["floor"] = {**ref["floor"], **(class_floor(evaluator, dataset, data_dir, seed, labels, ref)
+                                              if per_class else {})}
     return result
+
+
+def class_floor(evaluator, dataset: str, data_dir: str | None, seed: int, labels: torch.Tensor, ref: dict) -> dict:
+    """The per-class figures of real training images, as many of each class as the samples
+    were drawn for, against the test split: cached in the reference, by those counts."""
+    counts = torch.bincount(labels.cpu().long(), minlength=classes_of(dataset))
+    key = ",".join(map(str, counts.tolist()))
+    floors = ref.setdefault("class_floors", {})
+    if key not in floors:
+        real = load_dataset(dataset, split="train", data_dir=data_dir, seed=seed)
+        order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
+        pick = torch.cat([order[real.labels[order] == k][:int(n)] for k, n in enumerate(counts)])
+        features, _, _ = embed(evaluator, real.images[pick])
+        floors[key] = class_figures(features, real.labels[pick], ref["test_features"], ref["test_labels"],
+                                    len(counts), seed)
+        write_reference(ref["path"], {k: v for k, v in ref.items() if k not in ("floor", "path")})
+    return floors[key]
 
 
 def reference(evaluator, dataset: str, data_dir: str | None, seed: int, n_floor: int) -> dict:
@@ -139,17 +199,18 @@ def reference(evaluator, dataset: str, data_dir: str | None, seed: int, n_floor:
     path = reference_path(evaluator_cache(), "evaluator", dataset, seed, evaluator, test.images, test.labels)
     ref = read_reference(path, REFERENCE_KEYS)
     if ref is not None and (not n_floor or n_floor in ref["floors"]):
-        return {**ref, "floor": ref["floors"].get(n_floor)}
+        return {**ref, "floor": ref["floors"].get(n_floor), "path": path}
     if ref is None:
         test_features, _, _ = embed(evaluator, test.images)
-        ref = {"test_features": test_features, "test_radii": knn_radii(test_features), "floors": {}}
+        ref = {"test_features": test_features, "test_labels": test.labels, "test_radii": knn_radii(test_features),
+               "floors": {}}
     if n_floor:
         real = load_dataset(dataset, split="train", data_dir=data_dir, seed=seed)
         pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n_floor]
         ref["floors"][n_floor] = figures(*embed(evaluator, real.images[pick]), ref["test_features"],
                                          ref["test_radii"], classes_of(dataset), seed)
     write_reference(path, ref)
-    return {**ref, "floor": ref["floors"].get(n_floor)}
+    return {**ref, "floor": ref["floors"].get(n_floor), "path": path}
 
 
 def judge_with_evaluator(images: torch.Tensor, request: Request) -> dict:
@@ -160,6 +221,17 @@ def judge_with_evaluator(images: torch.Tensor, request: Request) -> dict:
                          progress=request.progress, labels=request.labels)
 
 
+def spread_line(result: dict) -> str:
+    """What the classes' spreads say, in one line: the near copies flagged, or their range."""
+    spreads = [s for s in result["spread_per_class"] if s is not None]
+    flagged = result["near_copy_classes"]
+    if flagged:
+        shown = ", ".join(f"{k} ({result['spread_per_class'][k]:.2f})" for k in flagged)
+        return (f"  near copies in classes {shown}: their samples lie closer together than "
+                f"{SPREAD_FLAG:g} of the distance between real digits of the class")
+    return f"  (spread within each class: {min(spreads):.2f} to {max(spreads):.2f} of real digits'; no near copies)"
+
+
 def evaluator_header(result: dict, dataset: str) -> str:
     return f"{result['n']} samples of {dataset} against its test split; floor: {result['n']} real training images"
 
@@ -168,5 +240,10 @@ def evaluator_footer(result: dict) -> str:
     lines = []
     if "class_accuracy" in result:  # a conditional run: did each sample come out as its class?
         lines.append(f"  {'class accuracy':<18}{result['class_accuracy']:>12.3f}{'-':>12}")
+    if result.get("intra_fid") is not None:  # and did it draw each class in its variety?
+        floor = result.get("floor", {}).get("intra_fid")
+        lines.append(f"  {'intra-class FID':<18}{result['intra_fid']:>12.3f}"
+                     f"{'-' if floor is None else format(floor, '.3f'):>12}")
+        lines.append(spread_line(result))
     lines.append(f"  (modes of {result['num_classes']}; KID ± {result['kid_std']:.5f})")
     return "\n".join(lines)

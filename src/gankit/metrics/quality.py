@@ -360,3 +360,34 @@ def precision_recall(real_features: np.ndarray | Tensor, fake_features: np.ndarr
         precision = _inside_any_ball(fake, real, real_radii).double().mean()
         recall = _inside_any_ball(real, fake, _knn_radii(fake, k)).double().mean()
     return float(precision), float(recall)
+
+
+# --------------------------------------------------------------------------- per class
+def intra_class_fid(features, labels, ref_features, ref_labels, classes: int) -> list[float | None]:
+    """FID of each class k: the features labelled k against the reference features labelled
+    k (StudioGAN's intra-class FID: the samples a conditional generator drew for class k
+    against real images of class k). None for a class with fewer than 2 rows on either side."""
+    features = _as_float64_2d(features, "features")
+    ref_features = _as_float64_2d(ref_features, "ref_features")
+    labels, ref_labels = _as_labels(labels, features), _as_labels(ref_labels, ref_features)
+    out: list[float | None] = []
+    for k in range(int(classes)):
+        mine, theirs = labels == k, ref_labels == k
+        out.append(fid(features[mine], ref_features[theirs]) if mine.sum() >= 2 and theirs.sum() >= 2 else None)
+    return out
+
+
+def mean_pairwise_distance(features, max_rows: int = 1000) -> float:
+    """The mean Euclidean distance between two different rows of ``features`` (N, D), N >= 2,
+    over its first ``max_rows`` rows (the cost is quadratic; a seeded caller shuffles first)."""
+    x = _as_tensor64(features, "features", min_rows=2)[:max_rows]
+    n = x.shape[0]
+    with torch.no_grad():
+        return float(torch.cdist(x, x).sum() / (n * (n - 1)))
+
+
+def _as_labels(labels, features) -> np.ndarray:
+    array = labels.detach().cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    if array.shape != (len(features),):
+        raise UserError(f"labels of shape {array.shape} for {len(features)} feature rows")
+    return array
