@@ -193,6 +193,8 @@ class GanTask(Task):
                 shown.append(name if value is True else f"no {name}" if value is False else f"{name} {value}")
         if config.lr_d != config.lr_g:
             shown.append(f"lr_d {config.lr_d:g}, lr_g {config.lr_g:g}")
+        if config.conditional:
+            shown.append("conditional")
         return f" ({config.recipe} recipe{': ' + ', '.join(shown) if shown else ''})"
 
     def __init__(self, config, *, channels: int, device: torch.device, native_size: int | None = None,
