@@ -27,8 +27,8 @@ def setting(default, doc: str):
 @dataclass
 class TrainConfig:
     # What to learn from.
-    dataset: str = setting("mnist", "what to learn from: a dataset of the table, or a folder of images (given as "
-                           "data_dir)")
+    dataset: str = setting("mnist", "what to learn from: one of the datasets listed; folder: a folder of your own "
+                           "images, given as data_dir (--data-dir)")
     data_dir: str | None = setting(None, "where the data is; None: $GANKIT_DATA, else ~/.cache/gankit (MNIST is "
                                    "fetched there on first use)")
     image_size: int | None = setting(None, "the network's image size, 16 to 128; None: the dataset's (32 for 28x28 "
