@@ -93,6 +93,20 @@ def test_sample_writes_only_under_its_format_s_name(run, tmp_path, capsys, args,
     assert list(tmp_path.glob("s*")) == [] and list(tmp_path.glob("g*")) == []
 
 
+def test_sample_to_a_device_writes_in_place_and_leaves_the_device(run, capsys, monkeypatch):
+    import stat
+
+    real_replace = os.replace
+
+    def guarded(src, dst, *args, **kwargs):  # tests run as root: a bug must not replace the real device
+        if os.path.realpath(dst) == "/dev/null":
+            raise AssertionError("tried to rename a file over /dev/null")
+        return real_replace(src, dst, *args, **kwargs)
+    monkeypatch.setattr(os, "replace", guarded)
+    assert main(["sample", str(run), "--n", "2", "--out", "/dev/null"]) == 0
+    assert stat.S_ISCHR(Path("/dev/null").stat().st_mode)  # still the device, not a regular file
+
+
 # --- settings saved in a checkpoint ------------------------------------------------------------
 @pytest.mark.parametrize("change, needle", [
     ([1, 2], "is not a mapping of settings"),

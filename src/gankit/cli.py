@@ -242,7 +242,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def check_suffix(target: Path, suffix: str) -> None:
     """`sample` writes a .npz array with --out and a .png picture with --grid: a file named
-    otherwise would hold one format under the other's name."""
+    otherwise would hold one format under the other's name. A device or a pipe (/dev/null,
+    /dev/stdout) takes the bytes whatever its name (files.write_atomic writes it in place)."""
+    if target.exists() and not target.is_file() and not target.is_dir():
+        return
     if target.suffix.lower() != suffix:
         other = "--grid NAME.png for a picture" if suffix == ".npz" else "--out NAME.npz for the array"
         flag = "--out" if suffix == ".npz" else "--grid"
