@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gankit import sampling, seeds
-from gankit.checks import whole_number
+from gankit import checks, sampling, seeds
 from gankit.config import TrainConfig
 from gankit.errors import GankitError, UserError
 from gankit.export import export_run
@@ -39,14 +38,17 @@ class Parser(argparse.ArgumentParser):
 
 
 def whole(low: int = 1, high: int | None = None):
-    """An argparse type: the text as a whole number in [low, high], by checks.whole_number's
-    rule (the API's), said as argparse says a bad value ("argument --n: ...")."""
+    """An argparse type: the text as a whole number in [low, high], by checks.problem (the
+    API's rule too), said as argparse says a bad value ("argument --n: ...")."""
     def convert(text: str) -> int:
         try:
-            return whole_number(int(text), "it", low, high)
-        except ValueError as e:  # int()'s, or the UserError (a ValueError) of the rule
-            message = str(e).removeprefix("it ") if isinstance(e, UserError) else f"'{text}' is not a whole number"
-            raise argparse.ArgumentTypeError(message) from None
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        wrong = checks.problem(value, low, high)
+        if wrong:
+            raise argparse.ArgumentTypeError(wrong)
+        return value
     return convert
 
 

@@ -20,7 +20,7 @@ import dataclasses
 from functools import partial
 
 from gankit.config import PRECISIONS, TrainConfig
-from gankit.data import DataOptions, DatasetSpec, ImageData, load_fake
+from gankit.data import DatasetSpec, ImageData, load_fake
 from gankit.data.folder import check_settings as check_folder_settings
 from gankit.data.folder import load_folder_split
 from gankit.data.mnist import load_idx_split
@@ -121,5 +121,5 @@ def load_data(config: TrainConfig, split: str, log=None) -> ImageData:
         raise UserError(spec.needs)
     if split not in spec.splits:
         raise UserError(f"the {config.dataset} dataset has no {split} split (it has: {', '.join(spec.splits)})")
-    options = DataOptions.of(config, log=log, image_size=config.image_size or spec.image_size)
-    return dataclasses.replace(spec.load(split, options), name=config.dataset)
+    sized = dataclasses.replace(config, image_size=config.image_size or spec.image_size)
+    return dataclasses.replace(spec.load(split, sized, log), name=config.dataset)

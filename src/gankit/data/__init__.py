@@ -7,7 +7,6 @@ user always gets MNIST digits at 28x28 whatever size the network works at.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,35 +33,14 @@ class ImageData:
 
 
 @dataclass(frozen=True)
-class DataOptions:
-    """How a run asks for its data: the settings a loader may read (each loader reads the
-    ones it needs), taken from the run's TrainConfig by `of`."""
-
-    image_size: int                   # the network's size (the dataset's default filled in)
-    data_dir: str | None
-    channels: int | None
-    fake_size: int
-    stacked_size: int
-    seed: int
-    progress: bool
-    crop: str | int
-    cache_dir: str | None
-    log: Callable[[str], None] | None = None
-
-    @classmethod
-    def of(cls, config, **given) -> "DataOptions":
-        """The options of a TrainConfig, with `given` (log, image_size) set explicitly."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name not in given]
-        return cls(**{name: getattr(config, name) for name in names if hasattr(config, name)}, **given)
-
-
-@dataclass(frozen=True)
 class DatasetSpec:
     """What gankit knows of a dataset before loading it (an entry of gankit.registry.DATASETS).
 
-    `load(split, options: DataOptions)` returns an ImageData."""
+    `load(split, config, log)` returns an ImageData: the run's TrainConfig (its image_size
+    filled with the dataset's default), which a loader reads the data settings of, and where
+    its progress lines go. The config is passed down, never looked up: a loader names no table."""
 
-    load: Callable[[str, DataOptions], ImageData]
+    load: Callable[..., ImageData]
     image_size: int                  # the network's default size for it
     splits: tuple[str, ...] = ("train", "test")
     labelled: bool = True            # labels a --conditional run can learn from
@@ -82,13 +60,13 @@ def fake_data(n: int, *, size: int, channels: int, seed: int = 0) -> ImageData:
     return ImageData(images, labels, "random")
 
 
-def load_fake(split: str, options: DataOptions) -> ImageData:
+def load_fake(split: str, config, log=None) -> ImageData:
     """The smoke tests' data: fake_size random images; the test split a quarter as many (at least 32)."""
-    channels = options.channels or 1
+    channels = config.channels or 1
     if split == "test":
-        return fake_data(max(options.fake_size // 4, 32), size=options.image_size, channels=channels,
-                         seed=options.seed + 1)
-    return fake_data(options.fake_size, size=options.image_size, channels=channels, seed=options.seed)
+        return fake_data(max(config.fake_size // 4, 32), size=config.image_size, channels=channels,
+                         seed=config.seed + 1)
+    return fake_data(config.fake_size, size=config.image_size, channels=channels, seed=config.seed)
 
 
 def border(native: int, size: int) -> int | None:

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from gankit.data import DataOptions, ImageData, folder_cache
+from gankit.data import ImageData, folder_cache
 from gankit.errors import UserError
 from gankit.paths import default_data_root
 
@@ -363,12 +363,12 @@ def folder_labels(relative: list[tuple[str, ...]]) -> list[int]:
     return [-1] * len(relative)
 
 
-def load_folder_split(split: str, options: DataOptions) -> ImageData:
+def load_folder_split(split: str, config, log=None) -> ImageData:
     """A folder as a dataset: its one split, train, at the network's size; RGB unless channels
     is 1. The decoded images are cached under cache_dir (None: the data root, default_data_root())."""
-    return load_folder(Path(options.data_dir), size=options.image_size, channels=options.channels or 3,
-                       log=options.log, crop=options.crop, progress=options.progress,
-                       cache_dir=Path(options.cache_dir) if options.cache_dir else default_data_root())
+    return load_folder(Path(config.data_dir), size=config.image_size, channels=config.channels or 3,
+                       log=log, crop=config.crop, progress=config.progress,
+                       cache_dir=Path(config.cache_dir) if config.cache_dir else default_data_root())
 
 
 def check_settings(config) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gankit.data import DataOptions, ImageData
+from gankit.data import ImageData
 from gankit.data.idx import read_file_bytes
 from gankit.data.idx_files import IdxFile, IdxSpec, join_names, locate, parse_checked
 from gankit.data.mnist_download import Log, obtain_files
@@ -145,11 +145,11 @@ def _log_to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def load_idx_split(name: str, split: str, options: DataOptions) -> ImageData:
+def load_idx_split(name: str, split: str, config, log=None) -> ImageData:
     """One split of an IDX dataset as an ImageData (N, 1, 28, 28), or (N, 3, 28, 28) with
     channels 3 (the gray digit in every channel)."""
-    images, labels = load_idx_dataset(name, split, options.data_dir, log=options.log)
+    images, labels = load_idx_dataset(name, split, config.data_dir, log=log)
     x = torch.from_numpy(images).unsqueeze(1)  # (N, 1, 28, 28)
-    if options.channels == 3:
+    if config.channels == 3:
         x = x.expand(-1, 3, -1, -1).contiguous()
     return ImageData(x, torch.from_numpy(labels).long(), name)

@@ -158,59 +158,58 @@ def score_samples(images: torch.Tensor, dataset: str, data_dir: str | None = Non
         raise ValueError(f"labels of shape {tuple(labels.shape)} for {len(images)} images")
     evaluator = evaluator_for(dataset, data_dir, progress)
     num_classes = classes_of(dataset)
-    ref = reference(evaluator, dataset, data_dir, seed, len(images) if floor else 0)
+    per_class = labels is not None and num_classes <= MAX_CLASSES_PER_CLASS_FIGURES
+    counts = tuple(torch.bincount(labels.cpu().long(), minlength=num_classes).tolist()) if per_class else None
+    ref = reference(evaluator, dataset, data_dir, seed, len(images) if floor else 0, counts if floor else None)
     features, probs, predicted = embed(evaluator, images)
     result = figures(features, probs, predicted, ref["test_features"], ref["test_radii"], num_classes, seed)
     result["n"] = len(images)
     if labels is not None:
         result["class_accuracy"] = (predicted.cpu() == labels.cpu().long()).float().mean().item()
-    per_class = labels is not None and num_classes <= MAX_CLASSES_PER_CLASS_FIGURES
     if per_class:
         result.update(class_figures(features, labels, ref["test_features"], ref["test_labels"], num_classes, seed))
     if floor:
-        result["floor"] = {**ref["floor"], **(class_floor(evaluator, dataset, data_dir, seed, labels, ref)
-                                              if per_class else {})}
+        result["floor"] = {**ref["floor"], **(ref["class_floor"] if per_class else {})}
     return result
 
 
-def class_floor(evaluator, dataset: str, data_dir: str | None, seed: int, labels: torch.Tensor, ref: dict) -> dict:
-    """The per-class figures of real training images, as many of each class as the samples
-    were drawn for, against the test split: cached in the reference, by those counts."""
-    counts = torch.bincount(labels.cpu().long(), minlength=classes_of(dataset))
-    key = ",".join(map(str, counts.tolist()))
-    floors = ref.setdefault("class_floors", {})
-    if key not in floors:
-        real = load_dataset(dataset, split="train", data_dir=data_dir, seed=seed)
-        order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
-        pick = torch.cat([order[real.labels[order] == k][:int(n)] for k, n in enumerate(counts)])
-        features, _, _ = embed(evaluator, real.images[pick])
-        floors[key] = class_figures(features, real.labels[pick], ref["test_features"], ref["test_labels"],
-                                    len(counts), seed)
-        write_reference(ref["path"], {k: v for k, v in ref.items() if k not in ("floor", "path")})
-    return floors[key]
-
-
-def reference(evaluator, dataset: str, data_dir: str | None, seed: int, n_floor: int) -> dict:
+def reference(evaluator, dataset: str, data_dir: str | None, seed: int, n_floor: int,
+              counts: tuple[int, ...] | None = None) -> dict:
     """What every judgement of `dataset` compares against: the test split's features and
-    k-NN radii, and the floor (figures of n_floor real training images). They cost more
-    than judging the samples and depend only on the evaluator, the data and the seed, so
-    they are cached beside the evaluator under a hash of these; floors by n."""
+    k-NN radii, the floor (figures of n_floor real training images) and, given `counts`, the
+    per-class floor (class_figures of as many real training images of each class). They cost
+    more than judging the samples and depend only on the evaluator, the data and the seed,
+    so they are cached beside the evaluator under a hash of these; floors by n and by counts.
+    What is missing is computed, from one read of the train split, and written once."""
     test = load_dataset(dataset, split="test", data_dir=data_dir, seed=seed)
     path = reference_path(evaluator_cache(), "evaluator", dataset, seed, evaluator, test.images, test.labels)
     ref = read_reference(path, REFERENCE_KEYS)
-    if ref is not None and (not n_floor or n_floor in ref["floors"]):
-        return {**ref, "floor": ref["floors"].get(n_floor), "path": path}
     if ref is None:
         test_features, _, _ = embed(evaluator, test.images)
         ref = {"test_features": test_features, "test_labels": test.labels, "test_radii": knn_radii(test_features),
                "floors": {}}
-    if n_floor:
+        changed = True
+    else:
+        changed = False
+    class_floors = ref.setdefault("class_floors", {})
+    key = ",".join(map(str, counts)) if counts is not None else None
+    wants_floor = bool(n_floor) and n_floor not in ref["floors"]
+    wants_class_floor = key is not None and key not in class_floors
+    if wants_floor or wants_class_floor:
         real = load_dataset(dataset, split="train", data_dir=data_dir, seed=seed)
-        pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n_floor]
-        ref["floors"][n_floor] = figures(*embed(evaluator, real.images[pick]), ref["test_features"],
-                                         ref["test_radii"], classes_of(dataset), seed)
-    write_reference(path, ref)
-    return {**ref, "floor": ref["floors"].get(n_floor), "path": path}
+        order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
+        if wants_floor:
+            ref["floors"][n_floor] = figures(*embed(evaluator, real.images[order[:n_floor]]), ref["test_features"],
+                                             ref["test_radii"], classes_of(dataset), seed)
+        if wants_class_floor:
+            pick = torch.cat([order[real.labels[order] == k][:n] for k, n in enumerate(counts)])
+            features, _, _ = embed(evaluator, real.images[pick])
+            class_floors[key] = class_figures(features, real.labels[pick], ref["test_features"], ref["test_labels"],
+                                              len(counts), seed)
+        changed = True
+    if changed:
+        write_reference(path, ref)
+    return {**ref, "floor": ref["floors"].get(n_floor), "class_floor": class_floors.get(key)}
 
 
 def judge_with_evaluator(images: torch.Tensor, request: Request) -> dict:
