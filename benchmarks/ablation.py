@@ -51,6 +51,10 @@ ROWS: dict[str, list[str]] = {
     "ema": ["--ema", "0.999"],
     "batch64": ["--batch-size", "64"],
     "batch64-r1": ["--batch-size", "64", "--r1", "1"],
+    # Levers on batch64-r1 (the default since it was measured), screened at 3 epochs:
+    "batch64-r1-ema": ["--batch-size", "64", "--r1", "1", "--ema", "0.999"],     # sample from G's EMA
+    "batch64-r1-adam0": ["--batch-size", "64", "--r1", "1", "--beta1", "0", "--beta2", "0.99"],  # StyleGAN2's Adam
+    "batch32-r1": ["--batch-size", "32", "--r1", "1"],                          # twice the updates again
     "sngan": ["--recipe", "sngan"],                     # the ResNet, five D steps, Adam (0, 0.9)
     "sngan-dcgan-arch": ["--recipe", "sngan", "--arch", "dcgan"],
 }

@@ -58,6 +58,17 @@ def test_the_label_changes_gs_image_and_ds_logit():
         d(x)
 
 
+@pytest.mark.parametrize("nz", [8, 100])
+def test_gs_class_vectors_start_unit_long_whatever_nz(nz):
+    """Each class vector starts about unit long, as a one-hot label (z is sqrt(nz) long):
+    at z's own length G drew one digit per class whatever z (models/dcgan.py says why)."""
+    torch.manual_seed(0)
+    g = Generator(nz=nz, num_classes=1000, **SMALL)
+    dcgan_init(g)  # the DCGAN init leaves the embedding as the Generator made it
+    lengths = g.embed.weight.norm(dim=1)
+    assert lengths.mean().item() == pytest.approx(1.0, abs=0.1)
+
+
 @pytest.mark.parametrize("edge", ["4x4", "1x1"])
 def test_unconditional_modules_are_unchanged(edge):
     """num_classes=0 builds nothing more: the same keys (old checkpoints load), the same

@@ -21,7 +21,7 @@ Two switches reproduce the two readings of the recipe (see gankit.training.gan.R
 and what a D that must judge each image on its own (R1, packing) may want.
 
 Conditional DCGAN (``num_classes > 0``, `gankit train --conditional`): G concatenates a
-learned class embedding (nz long) to z; D is a projection discriminator (Miyato & Koyama
+learned class embedding (nz long, unit length at the start) to z; D is a projection discriminator (Miyato & Koyama
 2018). With ``num_classes=0`` (the default) neither module creates anything extra, so
 unconditional models, their initial weights and their checkpoints are as before.
 """
@@ -93,8 +93,15 @@ class Generator(nn.Module):
         if num_classes > 0:
             # Made after every layer, and only here: an unconditional G draws the same
             # initial weights, in the same order, as before conditioning existed.
-            # PyTorch's N(0, 1) init puts the embedding on z's own scale.
             self.embed = nn.Embedding(num_classes, nz)
+            # Each class vector starts at unit length, the length of the one-hot label of
+            # the first conditional GANs (Mirza & Osindero 2014), a tenth of z's (sqrt(nz)).
+            # PyTorch's N(0, 1) init made it as long as z: G then drew one digit per class
+            # whatever z, from the first few hundred steps, even against a D that ignored
+            # the labels (docs/results.md, "Conditional DCGAN"): ten fixed codes, each shared
+            # by a tenth of the batch, carry as much energy as z, and G learns from them
+            # first. Started small, the label's weights grow as fast as D asks for the class.
+            nn.init.normal_(self.embed.weight, 0.0, nz ** -0.5)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         n = z.shape[0]
