@@ -81,7 +81,7 @@ def check_names(config: TrainConfig) -> None:
 # file, which would otherwise first show as an allocation failure deep inside PyTorch.
 COUNTS = {"epochs": 10**6, "batch_size": 1 << 16, "max_steps": 10**12, "nz": 4096, "width": 1024,
           "latent_dim": 4096, "fake_size": 10**7, "stacked_size": 10**7, "num_classes": 10**5, "subset": 10**9,
-          "r1_every": 10**6, "d_steps": 64, "pack": 64}
+          "r1_every": 10**6, "d_steps": 64, "pack": 64, "ode_steps": 10**4}
 POSITIVE = ("lr", "lr_d", "lr_g")
 
 
