@@ -376,7 +376,7 @@ def cmd_evaluator(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     try:
         serve(Path(args.run), host=args.host, port=args.port, device=args.device,
-              sampling=sampling_settings(args))
+              settings=sampling_settings(args))
     except KeyboardInterrupt:  # Ctrl+C before it served (while serving, werkzeug takes it and returns)
         pass
     print("stopped", file=sys.stderr)  # Ctrl+C is how a server stops: exit 0
