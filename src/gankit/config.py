@@ -87,12 +87,12 @@ class TrainConfig:
     # Flow matching (training/flow.py): how training draws t, and how sampling solves the ODE;
     # None: the task's defaults, which measurement picks. The sampling three may also be given
     # to `gankit sample`, `eval` and `serve` (and gankit.load) to override a run's own.
-    ode_steps: int | None = setting(None, "Flow matching: ODE solver steps from noise to image when sampling (heun: two "
-                                    "network evaluations a step)")
+    ode_steps: int | None = setting(None, "Flow matching: ODE solver steps from noise to image when sampling "
+                                    "(heun: two network evaluations a step)")
     solver: str | None = setting(None, "Flow matching: the ODE solver of sampling: Euler, or Heun's trapezoid "
                                  "predictor-corrector")
-    guidance: float | None = setting(None, "Flow matching, conditional: classifier-free guidance weight W >= 0, v = v_cond "
-                                     "+ W (v_cond - v_uncond) (Ho & Salimans 2022); 0: none")
+    guidance: float | None = setting(None, "Flow matching, conditional: classifier-free guidance weight W >= 0, "
+                                     "v = v_cond + W (v_cond - v_uncond) (Ho & Salimans 2022); 0: none")
     time_dist: str | None = setting(None, "Flow matching: how training draws t in [0, 1]: uniform, or logit-normal, "
                                     "sigmoid of N(0, 1) (Esser et al. 2024)")
 
