@@ -109,7 +109,7 @@ class Run:
             text += f", epoch {facts.step // per_epoch} of {config.epochs}"
         if metrics:
             last = metrics[-1]
-            names = [k for k in ("loss_d", "loss_g", "neg_elbo", "test_neg_elbo", "eval_fid") if k in last]
+            names = [k for k in ("loss_d", "loss_g", "neg_elbo", "test_neg_elbo", "loss", "eval_fid") if k in last]
             text += "; " + ", ".join(f"{k} {last[k]:.4g}" for k in names)
         return text + (f" ({self.note})" if self.note else "")
 
