@@ -93,8 +93,14 @@ def evaluator_datasets() -> tuple[str, ...]:
 
 
 def models_that(member: str) -> str:
-    """The models whose task class has `member` set, as text: "dcgan" or "dcgan and x"."""
-    return " and ".join(name for name, task in MODELS.items() if getattr(task, member))
+    """The models whose task class has `member` set, as text: "the dcgan model" or "the dcgan
+    and x models"."""
+    return the_models([name for name, task in MODELS.items() if getattr(task, member)])
+
+
+def the_models(names: list[str]) -> str:
+    """["dcgan"] -> "the dcgan model"; ["dcgan", "flow"] -> "the dcgan and flow models"."""
+    return f"the {' and '.join(names)} model{'s' if len(names) > 1 else ''}"
 
 
 def conditional_needs_labels() -> str:
