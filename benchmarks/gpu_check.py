@@ -7,7 +7,8 @@
    target counts) and the whole wall time (with setup, pictures and checkpoints).
 3. benchmarks/throughput.py --device cuda.
 4. Every GAN option of issue 14 (losses, SN, R1 with its lazy second graph, DiffAugment,
-   packing, TTUR and D steps, the ResNet) captured as CUDA graphs: the capture must not
+   packing, TTUR and D steps, the ResNet) and the flow model (each time distribution,
+   conditional with its label drop) captured as CUDA graphs: the capture must not
    fall back, and its losses agree with eager steps from the same seed.
 Also: a dataset streamed from pinned memory gives the same batches as a resident one.
 
@@ -29,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from gankit.config import TrainConfig  # noqa: E402
+from gankit.registry import task_class  # noqa: E402
 from gankit.resolve import resolve  # noqa: E402
-from gankit.training.gan import GanTask  # noqa: E402
 from gankit.training.loop import train  # noqa: E402
 from gankit.training.runner import Batches, Stepper  # noqa: E402
 
@@ -39,24 +40,30 @@ OPTIONS = {  # TrainConfig settings of each option, as tests/test_gan_options.py
     "r1": {"r1": 1.0, "r1_every": 4}, "diffaugment": {"diffaugment": "color,translation,cutout"},
     "pack": {"pack": 2}, "ttur-d-steps": {"lr_d": 4e-4, "lr_g": 1e-4, "d_steps": 2},
     "ema": {"ema": 0.999}, "sngan-resnet": {"recipe": "sngan"}, "hflip": {"hflip": True},
+    "flow": {"model": "flow"}, "flow-uniform-t": {"model": "flow", "time_dist": "uniform"},
+    "flow-conditional": {"model": "flow", "conditional": True, "num_classes": 10},
 }
 
 
 def losses(graph: bool, steps: int, **settings) -> tuple[list[list[float]], bool]:
-    """Per-step (loss_d, loss_g) of `steps` steps from seed 0, and whether a graph ran."""
+    """Per-step metrics (a GAN's loss_d, loss_g; a flow's loss) of `steps` steps from seed 0,
+    and whether a graph ran."""
     device = torch.device("cuda")
     torch.manual_seed(0)
     config = resolve(TrainConfig(**{"recipe": "dcgan", **settings}, image_size=32, channels=1))
-    task = GanTask(config, channels=1, device=device)
-    per_step = 128 * GanTask.batches_per_step(config)
+    cls = task_class(config.model)
+    task = cls(config, channels=1, device=device, native_size=32)
+    per_step = 128 * cls.batches_per_step(config)
     images = torch.randint(0, 256, (per_step * steps, 1, 32, 32), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(1))
-    batches = Batches(images, batch_size=per_step, seed=0, image_size=32, device=device)
+    labels = torch.randint(0, 10, (len(images),), generator=torch.Generator().manual_seed(2))
+    batches = Batches(images, labels, batch_size=per_step, seed=0, image_size=32, device=device)
     stepper = Stepper(task, device, dtype=torch.bfloat16, graph=graph, log=print, hflip=config.hflip)
     out = []
     for i in range(steps):
-        m = stepper(batches.batch(0, i), regularize=task.regularizes(i))
-        out.append([float(m["loss_d"]), float(m["loss_g"])])
+        batch = (batches.batch(0, i), batches.labels(0, i)) if config.conditional else (batches.batch(0, i),)
+        m = stepper(*batch, regularize=task.regularizes(i))
+        out.append([float(m[k]) for k in cls.metric_names[:2]])
     return out, stepper.graph and bool(stepper._graphs)
 
 

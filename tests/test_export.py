@@ -115,10 +115,12 @@ def test_mnist_metadata_says_how_to_crop_the_padding():
     """MNIST runs make 32x32 images of 28x28 digits padded by 2: the metadata says so."""
     from gankit.config import TrainConfig
     from gankit.export import metadata
+    from gankit.training.task import Exported
 
-    meta = metadata(TrainConfig(image_size=32, channels=1), {"step": 10}, 100, native=28)
+    z = Exported(None, {"z": torch.zeros(2, 100)}, "images", "z", "images")
+    meta = metadata(TrainConfig(image_size=32, channels=1), {"step": 10}, 100, 28, z)
     assert (meta["image_size"], meta["native_size"], meta["crop"]) == (32, 28, 2)
-    assert metadata(TrainConfig(image_size=64, channels=3), {}, 100, native=64)["crop"] == 0
+    assert metadata(TrainConfig(image_size=64, channels=3), {}, 100, 64, z)["crop"] == 0
 
 
 @pytest.mark.parametrize("args,needles", [

@@ -186,6 +186,8 @@ def test_eval_with_inception_features_judges_against_the_training_folder(folder_
         assert result[key] == pytest.approx(direct[key], rel=1e-9, abs=1e-12), key
     assert list((tmp_path / "data-cache" / "inception").glob("reference-*.pt"))  # reference statistics cached
     api = folder_run.evaluate(n=30, features="inception", feature_weights=stand_in, progress=False)
+    # The same figures; the sampling speed is a clock's, measured anew by each call.
+    assert api.pop("sampling")["images_per_second"] > 0 and result.pop("sampling")["images_per_second"] > 0
     assert json.loads(json.dumps(api)) == result
     capsys.readouterr()
     assert main(["eval", str(folder_run.path), "--features", "inception", "--feature-weights", str(stand_in),

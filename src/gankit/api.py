@@ -55,10 +55,14 @@ class Run:
     its generator, loaded without optimizers on first use and again when the checkpoint
     changes. gankit.train and gankit.load make one; in Jupyter it shows itself."""
 
-    def __init__(self, path: str | os.PathLike, *, device: str = "cpu", note: str | None = None):
+    def __init__(self, path: str | os.PathLike, *, device: str = "cpu", note: str | None = None,
+                 sampling: dict | None = None):
         self.path = Path(path)
         self.device = device      # where sample, grid and walk run (cpu: the same images as `gankit sample`)
         self.note = note          # how its last training ended, when not by finishing
+        # How it samples, in place of the run's own settings (gankit.runs.SAMPLING_OVERRIDES:
+        # a flow's ode_steps, solver, guidance), as `gankit sample --ode-steps N` etc.
+        self.sampling = {k: plain(v) for k, v in (sampling or {}).items()}
         self._cache: dict = {}    # device -> (checkpoint's identity, LoadedRun)
         self.loaded()             # a path that is not a run fails here, not at the first sample
 
@@ -70,7 +74,7 @@ class Run:
         stat = checkpoint.stat()
         key = (str(checkpoint), stat.st_mtime_ns, stat.st_size)
         if self._cache.get(device, (None,))[0] != key:
-            self._cache[device] = (key, load_run(self.path, device=device))
+            self._cache[device] = (key, load_run(self.path, device=device, sampling=self.sampling))
         return self._cache[device][1]
 
     @property
@@ -105,7 +109,7 @@ class Run:
             text += f", epoch {facts.step // per_epoch} of {config.epochs}"
         if metrics:
             last = metrics[-1]
-            names = [k for k in ("loss_d", "loss_g", "neg_elbo", "test_neg_elbo", "eval_fid") if k in last]
+            names = [k for k in ("loss_d", "loss_g", "neg_elbo", "test_neg_elbo", "loss", "eval_fid") if k in last]
             text += "; " + ", ".join(f"{k} {last[k]:.4g}" for k in names)
         return text + (f" ({self.note})" if self.note else "")
 
@@ -295,11 +299,13 @@ train.__doc__ = f"""Train a model into a run folder and return it as a Run: `gan
     """
 
 
-def load(path: str | os.PathLike, device: str = "cpu") -> Run:
+def load(path: str | os.PathLike, device: str = "cpu", **sampling) -> Run:
     """A run folder (or a checkpoint file) as a Run, for sampling, judging, exporting and going
     on. Its generator is built without optimizers, on `device` (cpu: the images of `gankit
-    sample`; cuda: faster, equal to float rounding)."""
-    return Run(path, device=device)
+    sample`; cuda: faster, equal to float rounding). `sampling`: how it samples, in place of
+    the run's own settings, as the flags of `gankit sample`, `eval` and `serve`: a flow's
+    ode_steps, solver and guidance (gankit.load(run, ode_steps=50).sample(16))."""
+    return Run(path, device=device, sampling=sampling)
 
 
 # --- data and pictures ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from gankit.metrics.judge import DEFAULT_FEATURES, FEATURES, feature_judge, judg
 from gankit.metrics.judge_evaluator import evaluator_cache, evaluator_for
 from gankit.metrics.request import Request
 from gankit.registry import CHOICES, evaluator_datasets, flag, load_dataset, model_defaults
-from gankit.runs import load_run, resume_with
+from gankit.runs import SAMPLING_OVERRIDES, load_run, resume_with
 from gankit.serve import serve
 from gankit.training.loop import train
 from gankit.training.nll import evaluate_nll
@@ -92,6 +92,19 @@ def add_setting(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
     parser.add_argument(flag(f.name), help=f"{f.metadata['doc']} ({shown})", **extra)
 
 
+def add_sampling_settings(parser: argparse.ArgumentParser) -> None:
+    """The settings of how a run samples that `sample`, `eval` and `serve` may change
+    (gankit.runs.SAMPLING_OVERRIDES): the training flags themselves, default the run's own."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for name in SAMPLING_OVERRIDES:
+        add_setting(parser, fields[name])
+
+
+def sampling_settings(args: argparse.Namespace) -> dict:
+    """The sampling settings given on the command line (those left out stay the run's)."""
+    return {name: getattr(args, name) for name in SAMPLING_OVERRIDES if getattr(args, name) is not None}
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="gankit", description="Train, sample and judge image generative models.")
     parser.add_argument("--version", action="version", version=f"gankit {__version__}")
@@ -133,6 +146,7 @@ def add_sample_command(sub) -> None:
                    "class K, 0 to C-1 (default: the classes in turn)")
     s.add_argument("--batch-size", type=positive_int, default=500)
     s.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    add_sampling_settings(s)
 
 
 def add_export_command(sub) -> None:
@@ -164,6 +178,7 @@ def add_eval_command(sub) -> None:
     j.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     j.add_argument("--json", action="store_true", help="print one JSON object")
     j.add_argument("--no-progress", dest="progress", action="store_false")
+    add_sampling_settings(j)
 
 
 def add_evaluator_command(sub) -> None:
@@ -190,6 +205,7 @@ def add_serve_command(sub) -> None:
     w.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; "
                    "0.0.0.0 lets other machines in)")
     w.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    add_sampling_settings(w)
 
 
 def add_eval_nll_command(sub) -> None:
@@ -227,7 +243,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if not target.parent.is_dir():
         raise UserError(f"folder '{target.parent}' does not exist; create it or pick another path")
     n = args.n or (64 if args.grid else 10000)
-    config, task, _, native = load_run(Path(args.run), device=args.device)
+    config, task, _, native = load_run(Path(args.run), device=args.device, sampling=sampling_settings(args))
     sampling.check_label(task, args.label, args.run)
     images = sampling.generate(task, n, seed=args.seed, native=native, batch_size=args.batch_size,
                                label=args.label)
@@ -266,7 +282,7 @@ def cmd_sample_walk(args: argparse.Namespace) -> None:
         raise UserError(f"folder '{target.parent}' does not exist; create it or pick another path")
     rows, steps = args.n or 8, args.steps or 8
     sampling.check_walk(steps)  # before the run loads: a bad flag is said first
-    _, task, _, native = load_run(Path(args.run), device=args.device)
+    _, task, _, native = load_run(Path(args.run), device=args.device, sampling=sampling_settings(args))
     sampling.check_label(task, args.label, args.run)
     images = sampling.walks(task, rows, steps, seed=args.seed, native=native, batch_size=args.batch_size,
                             label=args.label)
@@ -283,8 +299,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     size, native = meta["image_size"], meta["native_size"]
     note = f"; crop {meta['crop']} px a side for {native}x{native}" if meta["crop"] else ""
     labels = f" and labels 0..{meta['num_classes'] - 1}" if meta.get("num_classes") else ""
-    print(f"wrote the {meta['model']} generator (z {meta['nz']}{labels} -> {size}x{size} images in [-1, 1]{note}) "
-          f"to {args.out}")
+    if meta["inputs"][0] == "z":
+        print(f"wrote the {meta['model']} generator (z {meta['nz']}{labels} -> {size}x{size} images in [-1, 1]"
+              f"{note}) to {args.out}")
+    else:  # a network that a solver drives: its inputs and output as the metadata says them
+        print(f"wrote the {meta['model']} network ({', '.join(meta['inputs'])} -> {size}x{size} "
+              f"{meta['output'].split(':')[0]}{note}) to {args.out}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -294,11 +314,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     wants = {"dataset": args.dataset, "data_dir": args.data_dir, "reference": args.reference,
              "feature_weights": args.feature_weights, "device": args.device}
     if target.suffix == ".npz":
+        if sampling_settings(args):
+            raise UserError(f"{flag(next(iter(sampling_settings(args))))} applies to a run, which draws its "
+                            "samples; a .npz holds them already")
         dataset = args.dataset or TrainConfig.dataset
         request = Request(**{**wants, "dataset": dataset}, seed=args.seed, progress=args.progress)
         result = judge_with(args.features, read_samples(target), request)
     else:
-        loaded = load_run(target, device=args.device)
+        loaded = load_run(target, device=args.device, sampling=sampling_settings(args))
         dataset = args.dataset or loaded.config.dataset
         result = judge_run(loaded, n=args.n, seed=args.seed, features=args.features, progress=args.progress, **wants)
     if args.json:
@@ -310,6 +333,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     for label, key, fmt in judge.rows:
         print(f"  {label:<18}{result[key]:>12{fmt}}{floor[key]:>12{fmt}}")
     print(judge.footer(result))
+    if "sampling" in result:  # a run's samples, drawn here: how fast
+        speed = result["sampling"]
+        how = f" ({speed['how']})" if speed["how"] else ""
+        print(f"sampling: {speed['images_per_second']:.1f} images/s on {speed['device']}{how}")
 
 
 def read_samples(target: Path):
@@ -348,7 +375,8 @@ def cmd_evaluator(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     try:
-        serve(Path(args.run), host=args.host, port=args.port, device=args.device)
+        serve(Path(args.run), host=args.host, port=args.port, device=args.device,
+              settings=sampling_settings(args))
     except KeyboardInterrupt:  # Ctrl+C before it served (while serving, werkzeug takes it and returns)
         pass
     print("stopped", file=sys.stderr)  # Ctrl+C is how a server stops: exit 0

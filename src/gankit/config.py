@@ -49,8 +49,8 @@ class TrainConfig:
 
     # The model (gankit.registry.MODELS; the DCGAN: the tutorial's blocks, nz and width as in
     # the DCGAN paper). Settings left as None come from the model's task class (`defaults`).
-    model: str = setting("dcgan", "the model family: the tutorial's DCGAN, a convolutional VAE, or the classic "
-                         "784-400-20 VAE")
+    model: str = setting("dcgan", "the model family: the tutorial's DCGAN, a convolutional VAE, the classic "
+                         "784-400-20 VAE, or Flow matching on the straight path (Lipman et al. 2023)")
     nz: int = setting(100, "GAN: the length of z (DCGAN paper: 100)")
     latent_dim: int | None = setting(None, "VAE: the length of z; None: the model's")
     width: int | None = setting(None, "base width of the conv nets; None: the model's")
@@ -64,7 +64,8 @@ class TrainConfig:
                                "all the way; None: the recipe's")
     # DCGAN only: an embedding beside z in G and a projection discriminator (Miyato &
     # Koyama 2018); models/dcgan.py says why that form.
-    conditional: bool = setting(False, "DCGAN: feed the class label to G and D (labelled data only)")
+    conditional: bool = setting(False, "DCGAN and Flow matching: feed the class label to the networks (labelled data "
+                                "only)")
     num_classes: int | None = setting(None, "conditional: classes; None: from the data")
     # GAN: the field's options since 2015 (training/gan.py lists them; None: from the
     # recipe, else off). docs/results.md ("Modern recipes") measures each.
@@ -83,14 +84,25 @@ class TrainConfig:
     diffaugment: str | None = setting(None, "GAN: DiffAugment policy for all D sees (Zhao et al. 2020), a "
                                       "comma-separated list of its transforms; None or none: off")
     pack: int | None = setting(None, "GAN: D judges this many samples at once (PacGAN, Lin et al. 2018); 1: off")
+    # Flow matching (training/flow.py): how training draws t, and how sampling solves the ODE;
+    # None: the task's defaults, which measurement picks. The sampling three may also be given
+    # to `gankit sample`, `eval` and `serve` (and gankit.load) to override a run's own.
+    ode_steps: int | None = setting(None, "Flow matching: ODE solver steps from noise to image when sampling "
+                                    "(heun: two network evaluations a step)")
+    solver: str | None = setting(None, "Flow matching: the ODE solver of sampling: Euler, or Heun's trapezoid "
+                                 "predictor-corrector")
+    guidance: float | None = setting(None, "Flow matching, conditional: classifier-free guidance weight W >= 0, "
+                                     "v = v_cond + W (v_cond - v_uncond) (Ho & Salimans 2022); 0: none")
+    time_dist: str | None = setting(None, "Flow matching: how training draws t in [0, 1]: uniform, or logit-normal, "
+                                    "sigmoid of N(0, 1) (Esser et al. 2024)")
 
     # The optimizer: Adam, lr and beta1 from the DCGAN paper (Sec. 4); beta2 from the recipe.
     lr: float | None = setting(None, "Adam's learning rate; None: the model's (the DCGAN paper's 2e-4 for the GAN)")
     beta1: float | None = setting(None, "Adam's beta1; None: the model's (the DCGAN paper's 0.5 for the GAN)")
     beta2: float | None = setting(None, "Adam's beta2; None: the recipe's (the tutorial's 0.9, the paper's 0.999)")
     # docs/results.md has the measurement.
-    ema: float | None = setting(None, "DCGAN: sample from a moving average of G's weights with this decay, e.g. "
-                                "0.999 (Yazici et al. 2019); 0: off")
+    ema: float | None = setting(None, "DCGAN and Flow matching: sample from a moving average of the weights (G's, the "
+                                "velocity network's) with this decay, e.g. 0.999 (Yazici et al. 2019); 0: off")
 
     # The run.
     batch_size: int | None = setting(None, "images a batch; None: 128, or the recipe's")

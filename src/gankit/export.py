@@ -1,11 +1,14 @@
 """A trained generator as a file other programs can load: safetensors or ONNX.
 
-The file holds the generator alone, the function z -> images that `gankit sample` uses
-(the task's `sampler()`):
+The file holds the network the task says (`Task.exported()`): for a GAN and a VAE the
+generator alone, the function z -> images that `gankit sample` uses (the task's `sampler()`):
 - a GAN: G, or the moving average of G's weights for a run trained with --ema;
 - a VAE: the decoder, with the sigmoid that turns its logits into the mean image.
 Input z: float32 (N, nz) ~ N(0, I). Output: float32 images (N, C, S, S) in [-1, 1] at the
-network's size S. MNIST-like runs pad 28x28 to 32x32, so their images carry a 2-pixel
+network's size S. A flow writes its velocity network instead (the EMA's with --ema):
+inputs x (N, C, S, S) and t (N,) (and labels), output the velocity dx/dt, which an ODE
+solver integrates from noise at t = 0 to an image at t = 1 (docs/usage.md has a numpy one);
+metadata "input" and "output" say each file's. MNIST-like runs pad 28x28 to 32x32, so their images carry a 2-pixel
 border of background: crop it with ``images[..., 2:30, 2:30]`` (metadata "crop" gives
 the pixels per side, 0 when nothing is padded) to get what `gankit sample` writes.
 A conditional DCGAN (--conditional) takes a second input, labels: int64 (N,) in
@@ -36,6 +39,7 @@ from gankit.files import write_atomic
 from gankit.models import eval_mode
 from gankit.registry import task_class
 from gankit.runs import load_run, saved_config
+from gankit.training.task import Exported
 from gankit.version import __version__
 
 FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx"}
@@ -50,13 +54,10 @@ def build_generator(meta: dict) -> nn.Module:
     return task_class(config.model).build_sampler(config, meta).eval()
 
 
-def metadata(config: TrainConfig, state: dict, nz: int, native: int) -> dict:
+def metadata(config: TrainConfig, state: dict, nz: int, native: int, exported: Exported) -> dict:
     crop = 0 if native == config.image_size else border(native, config.image_size)
     facts = about(state)
     classes = (config.num_classes or 0) if config.conditional else 0
-    inputs = "z: float32 (N, nz) ~ N(0, I)"
-    if classes:
-        inputs += f"; labels: int64 (N,) in [0, {classes})"
     return {
         "config": config.to_dict(),
         "model": config.model,
@@ -70,8 +71,9 @@ def metadata(config: TrainConfig, state: dict, nz: int, native: int) -> dict:
         "trained_with": facts.trained_with,
         "gankit_version": __version__,
         "num_classes": classes,
-        "input": inputs,
-        "output": "images: float32 (N, channels, image_size, image_size) in [-1, 1]",
+        "inputs": list(exported.inputs),
+        "input": exported.input_doc,
+        "output": exported.output_doc,
     }
 
 
@@ -110,8 +112,10 @@ def safetensors_bytes(net: nn.Module, meta: dict) -> bytes:
     return save(tensors, metadata={"gankit": json.dumps(meta), "format": "pt"})
 
 
-def onnx_bytes(net: nn.Module, meta: dict, nz: int) -> bytes:
-    """ONNX of z (N, nz) -> images; a conditional generator takes (z, labels (N,) int64)."""
+def onnx_bytes(exported: Exported, meta: dict) -> bytes:
+    """ONNX of the exported network on its named inputs (z (N, nz) -> images; a conditional
+    generator takes (z, labels (N,) int64); a flow's velocity network (x, t[, labels]))."""
+    net = exported.net
     onnx = require_onnx()
     buf = io.BytesIO()
     kwargs = {}
@@ -123,16 +127,14 @@ def onnx_bytes(net: nn.Module, meta: dict, nz: int) -> bytes:
         kwargs["dynamo"] = False
     with eval_mode(net), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notes: nothing a user can act on
-        args, names = (torch.zeros(2, nz),), ["z"]
-        if meta.get("num_classes"):
-            args, names = (torch.zeros(2, nz), torch.zeros(2, dtype=torch.long)), ["z", "labels"]
-        torch.onnx.export(net, args, buf, input_names=names, output_names=["images"],
-                          dynamic_axes={**{k: {0: "batch"} for k in names}, "images": {0: "batch"}},
+        names, out = list(exported.inputs), exported.output
+        torch.onnx.export(net, tuple(exported.inputs.values()), buf, input_names=names, output_names=[out],
+                          dynamic_axes={**{k: {0: "batch"} for k in names}, out: {0: "batch"}},
                           opset_version=ONNX_OPSET, **kwargs)
     model = onnx.load_from_string(buf.getvalue())
     entry = model.metadata_props.add()
     entry.key, entry.value = "gankit", json.dumps(meta)
-    model.doc_string = f"gankit {meta['model']} generator: {meta['input']} -> {meta['output']}"
+    model.doc_string = f"gankit {meta['model']} {exported.output} network: {meta['input']} -> {meta['output']}"
     return model.SerializeToString()
 
 
@@ -140,9 +142,9 @@ def export_run(run: Path, out: Path, fmt: str | None = None) -> dict:
     """Write a run's generator to `out` (safetensors or ONNX, atomically); returns its metadata."""
     fmt = check_target(fmt, Path(out))
     config, task, state, native = load_run(Path(run), device="cpu")
-    net = task.sampler()
-    meta = metadata(config, state, task.nz, native)
-    data = safetensors_bytes(net, meta) if fmt == "safetensors" else onnx_bytes(net, meta, task.nz)
+    exported = task.exported()
+    meta = metadata(config, state, task.nz, native, exported)
+    data = safetensors_bytes(exported.net, meta) if fmt == "safetensors" else onnx_bytes(exported, meta)
     try:
         write_atomic(Path(out), data)
     except OSError as e:
@@ -167,7 +169,8 @@ def read_metadata(path: Path) -> dict:
 
 
 def load_safetensors(path: Path) -> tuple[nn.Module, dict]:
-    """(generator in eval mode, metadata) of a .safetensors file from `gankit export`."""
+    """(the exported network in eval mode, metadata) of a .safetensors file from `gankit export`:
+    the generator, or a flow's velocity network."""
     from safetensors.torch import load_file
 
     meta = read_metadata(path)

@@ -26,6 +26,7 @@ from gankit.data.folder import load_folder_split
 from gankit.data.mnist import load_idx_split
 from gankit.data.stacked import load_stacked
 from gankit.errors import UserError
+from gankit.training.flow import SOLVERS, TIME_DISTRIBUTIONS, FlowTask
 from gankit.training.gan import ARCHS, EDGES, INIT_FUNCTIONS, RECIPES, GanTask
 from gankit.training.losses import LOSSES
 from gankit.training.task import Task
@@ -35,6 +36,7 @@ MODELS: dict[str, type[Task]] = {
     "dcgan": GanTask,       # the tutorial's DCGAN (training/gan.py, models/dcgan.py)
     "vae": VaeTask,         # a convolutional VAE of the DCGAN's blocks (training/vae.py, models/vae.py)
     "vae-mlp": MlpVaeTask,  # PyTorch's classic 784-400-20 VAE
+    "flow": FlowTask,       # flow matching, the straight path (training/flow.py, models/unet.py)
 }
 
 # MNIST-like 28x28 data goes to 32x32 by padding 2 pixels of background on each side: the
@@ -57,6 +59,7 @@ DATASETS: dict[str, DatasetSpec] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": tuple(DATASETS), "model": tuple(MODELS), "recipe": tuple(RECIPES), "arch": tuple(ARCHS),
     "loss": tuple(LOSSES), "init": tuple(INIT_FUNCTIONS), "edge": EDGES, "precision": PRECISIONS,
+    "solver": tuple(SOLVERS), "time_dist": tuple(TIME_DISTRIBUTIONS),
 }
 
 
@@ -90,8 +93,14 @@ def evaluator_datasets() -> tuple[str, ...]:
 
 
 def models_that(member: str) -> str:
-    """The models whose task class has `member` set, as text: "dcgan" or "dcgan and x"."""
-    return " and ".join(name for name, task in MODELS.items() if getattr(task, member))
+    """The models whose task class has `member` set, as text: "the dcgan model" or "the dcgan
+    and x models"."""
+    return the_models([name for name, task in MODELS.items() if getattr(task, member)])
+
+
+def the_models(names: list[str]) -> str:
+    """["dcgan"] -> "the dcgan model"; ["dcgan", "flow"] -> "the dcgan and flow models"."""
+    return f"the {' and '.join(names)} model{'s' if len(names) > 1 else ''}"
 
 
 def conditional_needs_labels() -> str:

@@ -17,9 +17,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from gankit.files import loads_strict, write_atomic
 
-# Per-epoch losses: the GAN's two, the VAE's negative ELBO and its two terms. The VAE's
-# test_* figures are drawn dashed in the colour of their training twin.
-LOSSES = ("loss_d", "loss_g", "neg_elbo", "recon", "kl")
+# Per-epoch losses: the GAN's two, the VAE's negative ELBO and its two terms, the flow's
+# velocity loss. The VAE's test_* figures are drawn dashed in the colour of their training twin.
+LOSSES = ("loss_d", "loss_g", "neg_elbo", "recon", "kl", "loss")
 # The judge's figures in the order `gankit eval` lists them; any other eval_* figure follows.
 EVAL_ORDER = ("fid", "kid", "classifier_score", "precision", "recall", "modes", "kl_to_uniform")
 EVAL_COLUMNS = 4

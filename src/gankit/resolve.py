@@ -25,7 +25,7 @@ from gankit.config import TrainConfig, parse_save_every
 from gankit.data import DatasetSpec
 from gankit.errors import UserError
 from gankit.models.dcgan import IMAGE_SIZES
-from gankit.registry import CHOICES, DATASETS, MODELS, conditional_needs_labels, flag, models_that
+from gankit.registry import CHOICES, DATASETS, MODELS, conditional_needs_labels, flag, models_that, the_models
 from gankit.training.task import Task
 
 
@@ -81,7 +81,7 @@ def check_names(config: TrainConfig) -> None:
 # file, which would otherwise first show as an allocation failure deep inside PyTorch.
 COUNTS = {"epochs": 10**6, "batch_size": 1 << 16, "max_steps": 10**12, "nz": 4096, "width": 1024,
           "latent_dim": 4096, "fake_size": 10**7, "stacked_size": 10**7, "num_classes": 10**5, "subset": 10**9,
-          "r1_every": 10**6, "d_steps": 64, "pack": 64}
+          "r1_every": 10**6, "d_steps": 64, "pack": 64, "ode_steps": 10**4}
 POSITIVE = ("lr", "lr_d", "lr_g")
 
 
@@ -121,9 +121,9 @@ def check_values(config: TrainConfig, task: type[Task], spec: DatasetSpec) -> No
 def check_model_fits(config: TrainConfig, task: type[Task], spec: DatasetSpec) -> None:
     """What the model takes (--ema, --conditional) and its own checks; labels for a conditional run."""
     if config.ema and not task.takes_ema:
-        raise UserError(f"--ema applies to the {models_that('takes_ema')} model only, not --model {config.model}")
+        raise UserError(f"--ema applies to {models_that('takes_ema')} only, not --model {config.model}")
     if config.conditional and not task.takes_labels:
-        raise UserError(f"--conditional applies to the {models_that('takes_labels')} model only, "
+        raise UserError(f"--conditional applies to {models_that('takes_labels')} only, "
                         f"not --model {config.model}")
     task.check(config)
     if config.conditional and not spec.labelled:  # random labels: nothing to learn from them
@@ -133,10 +133,11 @@ def check_model_fits(config: TrainConfig, task: type[Task], spec: DatasetSpec) -
 def foreign_settings(config: TrainConfig, task: type[Task]) -> None:
     """Refuse a setting that belongs to another model (`--sn` for a VAE): it would be
     silently ignored. A model's own settings are its task's `settings()`."""
-    for model, other in MODELS.items():
-        for name in sorted(other.settings() - task.settings()):
-            if getattr(config, name, None) not in (None, False, 0):
-                raise UserError(f"{flag(name)} applies to the {model} model only, not --model {config.model}")
+    foreign = set().union(*(other.settings() for other in MODELS.values())) - task.settings()
+    for name in sorted(foreign):
+        if getattr(config, name, None) not in (None, False, 0):
+            owners = [model for model, other in MODELS.items() if name in other.settings()]
+            raise UserError(f"{flag(name)} applies to {the_models(owners)} only, not --model {config.model}")
 
 
 def dataset_settings(config: TrainConfig, spec: DatasetSpec) -> None:

@@ -177,9 +177,31 @@ class LoadedRun(NamedTuple):
     native: int          # the data's image size: what samples come out at
 
 
-def load_run(run: Path, device: str = "cpu") -> LoadedRun:
-    """A run folder's newest checkpoint (or a checkpoint file), ready to sample on `device`."""
+# Settings of how a trained run samples, which `gankit sample`, `eval`, `serve` and gankit.load
+# may change (the weights stay the run's): a flow's ODE solver. Each is a TrainConfig field,
+# so its flag, help and check are the training flag's.
+SAMPLING_OVERRIDES = ("ode_steps", "solver", "guidance")
+
+
+def with_sampling(config: TrainConfig, changes: dict | None) -> TrainConfig:
+    """`config` with sampling settings changed (SAMPLING_OVERRIDES; None values left as they
+    are), resolved and checked again: a setting another model's run does not take ("--ode-steps
+    applies to the flow model only") and a bad value are refused as training refuses them."""
+    changes = {k: v for k, v in (changes or {}).items() if v is not None}
+    unknown = sorted(set(changes) - set(SAMPLING_OVERRIDES))
+    if unknown:
+        raise UserError(f"'{unknown[0]}' is not a sampling setting; a trained run's sampling may change "
+                        f"{', '.join(SAMPLING_OVERRIDES)}")
+    if not changes:
+        return config
+    return resolve(dataclasses.replace(config, **changes))
+
+
+def load_run(run: Path, device: str = "cpu", sampling: dict | None = None) -> LoadedRun:
+    """A run folder's newest checkpoint (or a checkpoint file), ready to sample on `device`,
+    with `sampling` (setting -> value, SAMPLING_OVERRIDES) in place of the run's own."""
     config, state = resume_state(Path(run))
+    config = with_sampling(config, sampling)
     native = about(state).native_size or config.image_size
     task = build_task(config, config.channels, pick_device(device), native, state, optimizers=False)
     return LoadedRun(config, task, state, native)

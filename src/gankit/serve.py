@@ -80,9 +80,10 @@ def png_response(draw, weights: str, lock: threading.Lock) -> Response:
     return response
 
 
-def create_app(run: Path, device: str = "cpu") -> Flask:
-    """The explorer's Flask app for a run, loaded once here (UserError when it cannot be)."""
-    config, task, state, native = load_run(run, device=device)
+def create_app(run: Path, device: str = "cpu", settings: dict | None = None) -> Flask:
+    """The explorer's Flask app for a run, loaded once here (UserError when it cannot be);
+    `settings`: how it samples, in place of the run's own (gankit.runs.SAMPLING_OVERRIDES)."""
+    config, task, state, native = load_run(run, device=device, sampling=settings)
     classes = task.num_classes
     facts = about(state)
     step = facts.step
@@ -97,7 +98,8 @@ def create_app(run: Path, device: str = "cpu") -> Flask:
     # Pictures depend on the run's weights and the query alone: an ETag of both lets the
     # browser keep what it has seen (moving the slider back costs no forward pass). The
     # weights' hash changes whenever the run does, even one trained anew to the same step.
-    weights = digest(state)[:12]
+    # The sampling settings too: another solver draws other pictures from the same weights.
+    weights = digest(state)[:12] + hashlib.sha1(repr(sorted((settings or {}).items())).encode()).hexdigest()[:6]
     lock = threading.Lock()  # one model, a thread per request: one forward pass at a time
 
     app = Flask(__name__)
@@ -169,7 +171,8 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(run: Path, *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu") -> None:
+def serve(run: Path, *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
+          settings: dict | None = None) -> None:
     """Serve the explorer until Ctrl+C."""
     from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -177,7 +180,7 @@ def serve(run: Path, *, host: str = "127.0.0.1", port: int = 8000, device: str =
         def log_request(self, *args, **kwargs):  # no line per image; errors are still logged
             pass
 
-    app = create_app(run, device)
+    app = create_app(run, device, settings)
     sock = listen(host, port)
     server = make_server(host, port, app, threaded=True, request_handler=Quiet, fd=sock.fileno())
     sock.close()  # the server holds its own duplicate of the socket

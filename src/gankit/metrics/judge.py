@@ -13,6 +13,7 @@ and footer.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -70,11 +71,16 @@ def judge_run(loaded, *, n: int, seed: int = 0, features: str = "evaluator", pro
     says otherwise: what `gankit eval RUN` and gankit.Run.evaluate report. A conditional run
     draws the classes in turn and is also scored on its class accuracy."""
     config, task, _, native = loaded
+    started = time.perf_counter()
     images = sampling.generate(task, n, seed=seed, native=native)
+    seconds = time.perf_counter() - started
     given = {k: v for k, v in request.items() if v is not None}  # dataset, data_dir, reference, ...
     request = Request(**{"dataset": config.dataset, "data_dir": config.data_dir, **given}, seed=seed,
                       progress=progress, labels=sampling.sample_labels(task, n), config=config)
-    return judge_with(features, images, request)
+    # How fast the run draws images (a flow pays its solver's network evaluations for each).
+    speed = {"images_per_second": n / max(seconds, 1e-9), "seconds": seconds, "device": str(task.device),
+             "how": type(task).sampling_summary(config)}
+    return {**judge_with(features, images, request), "sampling": speed}
 
 
 def judge_with(features: str, images: torch.Tensor, request: Request) -> dict:

@@ -21,7 +21,10 @@ Class members (read before a task exists):
 - `native_pixels`: True when the network works at the data's native size (no padding).
 - `takes_ema`, `takes_labels`: whether `--ema` (sampling from averaged weights) and
   `--conditional` (class labels for G and D) apply to this model.
-- `build_sampler(config, meta)`: a fresh, untrained sampler network of an export's shape.
+- `build_sampler(config, meta)`: a fresh, untrained network of an export's shape (what
+  `exported()` writes: the sampler, or a flow's velocity network).
+- `sampling_summary(config)`: how sampling draws an image, for `gankit eval`'s speed line
+  ("" for one network pass; a flow: its solver, steps and network evaluations).
 
 Instance members:
 - `__init__(config, *, channels, device, native_size, optimizers=True)`: modules with their
@@ -30,7 +33,10 @@ Instance members:
 - `nz`: the length of z; `channels`: of the images it makes; `num_classes`: classes the
   sampler is conditioned on (0: none); `grid_columns`: images a row in the per-epoch grids.
 - `noise(n, rng=None)`, `generate(z, labels=None)`, `sampler()`: z, images in [-1, 1] from z,
-  and the module that does that (what export writes).
+  and the module that does that.
+- `exported()`: what `gankit export` writes (Exported: the network, example inputs by name,
+  what they and the output are). The base class's: the sampler, z (and labels); a flow
+  writes its velocity network, v(x, t, labels), which an ODE solver of the user's drives.
 - `step(real, labels=None, *, regularize=False) -> {name: 0-d tensor}`: one training step.
   `batches_per_step(config)` (a class method): how many batches of batch_size real images
   one step takes (a GAN with several D updates per G update); `regularizes(step)`: whether step number `step` (from 0)
@@ -46,12 +52,25 @@ device tensors that the loop reads when it chooses.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 # The per-epoch grid of generated images, samples/fake_epoch_NNN.png: the name gankit 0.1.0
 # gave it, which run folders and gankit.Run.pictures() keep.
 SAMPLE_GRID = "fake"
+
+
+class Exported(NamedTuple):
+    """What `gankit export` writes of a task: `net` called on `inputs` (name -> an example
+    tensor, batch 2; the batch axis is dynamic in ONNX), with the output named `output`;
+    `input_doc` and `output_doc` say what they are, for the file's metadata."""
+    net: nn.Module
+    inputs: dict[str, torch.Tensor]
+    output: str
+    input_doc: str
+    output_doc: str
 
 
 class Task:
@@ -92,6 +111,10 @@ class Task:
     def summary(cls, config) -> str:
         return ""
 
+    @classmethod
+    def sampling_summary(cls, config) -> str:
+        return ""
+
     @property
     def modules(self) -> dict[str, nn.Module]:
         raise NotImplementedError
@@ -106,6 +129,19 @@ class Task:
         if rng is not None:
             return torch.randn(n, self.nz, generator=rng).to(self.device)
         return torch.randn(n, self.nz, device=self.device)
+
+    def sampler(self) -> nn.Module:
+        raise NotImplementedError
+
+    def exported(self) -> Exported:
+        """The sampler, z (N, nz) -> images (N, C, S, S); a conditional one takes labels too."""
+        inputs = {"z": torch.zeros(2, self.nz)}
+        doc = "z: float32 (N, nz) ~ N(0, I)"
+        if self.num_classes:
+            inputs["labels"] = torch.zeros(2, dtype=torch.long)
+            doc += f"; labels: int64 (N,) in [0, {self.num_classes})"
+        return Exported(self.sampler(), inputs, "images", doc,
+                        "images: float32 (N, channels, image_size, image_size) in [-1, 1]")
 
     def regularizes(self, step: int) -> bool:
         return False
