@@ -124,8 +124,8 @@ class FlowTask(Task):
     # machine, seed 0; docs/results.md, "Flow matching"). Sampling from an EMA of the
     # weights (0.999, warmed up: models.Ema), as every diffusion and flow code does. Width
     # 16: 0.64 M parameters (models/unet.py says why this shape). Sampling: Heun, 10 steps =
-    # 20 network evaluations, the cost of 20 Euler steps at second order; the steps, the solver and the t distribution are
-    # placeholders until measured (docs/results.md will say which).
+    # 20 network evaluations, the cost of 20 Euler steps at second order (docs/results.md,
+    # "Flow matching", measures the steps).
     defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "width": 16, "batch_size": 128, "ema": 0.999,
                 "ode_steps": 10, "solver": "heun", "guidance": 0.0, "time_dist": "logit-normal"}
     metric_names = ("loss",)
