@@ -129,6 +129,11 @@ def test_class_accuracy_is_the_share_classified_as_the_asked_for_class(small_eva
     probs, _ = classify(small_evaluator, images)
     assert right["class_accuracy"] == pytest.approx((probs.argmax(1) == labels).float().mean().item())
     assert right["class_accuracy"] > 0.85 and wrong["class_accuracy"] < 0.3
+    # Per class: the share of the digits of class k classified as k, by hand.
+    predicted = probs.argmax(1)
+    by_hand = [(predicted[labels == k] == k).float().mean().item() for k in range(10)]
+    assert right["class_accuracy_per_class"] == pytest.approx(by_hand)
+    assert max(wrong["class_accuracy_per_class"]) < 0.4
     unlabelled = judge_evaluator.score_samples(images, "mnist", str(MNIST_DIR), progress=False, floor=False)
     assert "class_accuracy" not in unlabelled
 

@@ -140,6 +140,16 @@ def class_figures(features, labels, test_features, test_labels, num_classes: int
             "near_copy_classes": [k for k, s in enumerate(spreads) if s is not None and s < SPREAD_FLAG]}
 
 
+def class_accuracies(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
+    """Per class asked for, the share of its samples the evaluator puts in it (None: none asked):
+    a mean accuracy can hide one class that never comes out."""
+    shares = []
+    for k in range(num_classes):
+        asked = labels == k
+        shares.append((predicted[asked] == k).float().mean().item() if asked.any() else None)
+    return shares
+
+
 def score_samples(images: torch.Tensor, dataset: str, data_dir: str | None = None, *, seed: int = 0,
                   floor: bool = True, progress: bool = True, labels: torch.Tensor | None = None) -> dict:
     """All figures for uint8 images (N, C, 28, 28) of `dataset`, plus the floor for N real ones.
@@ -167,6 +177,7 @@ def score_samples(images: torch.Tensor, dataset: str, data_dir: str | None = Non
     if labels is not None:
         result["class_accuracy"] = (predicted.cpu() == labels.cpu().long()).float().mean().item()
     if per_class:
+        result["class_accuracy_per_class"] = class_accuracies(predicted.cpu(), labels.cpu().long(), num_classes)
         result.update(class_figures(features, labels, ref["test_features"], ref["test_labels"], num_classes, seed))
     if floor:
         result["floor"] = {**ref["floor"], **(ref["class_floor"] if per_class else {})}
@@ -239,6 +250,11 @@ def evaluator_footer(result: dict) -> str:
     lines = []
     if "class_accuracy" in result:  # a conditional run: did each sample come out as its class?
         lines.append(f"  {'class accuracy':<18}{result['class_accuracy']:>12.3f}{'-':>12}")
+        shares = result.get("class_accuracy_per_class") or []
+        asked = [(share, k) for k, share in enumerate(shares) if share is not None]
+        if asked:
+            share, k = min(asked)
+            lines.append(f"  (the class least often drawn as asked: {k}, {share:.3f})")
     if result.get("intra_fid") is not None:  # and did it draw each class in its variety?
         floor = result.get("floor", {}).get("intra_fid")
         lines.append(f"  {'intra-class FID':<18}{result['intra_fid']:>12.3f}"
