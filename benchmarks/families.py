@@ -69,7 +69,8 @@ def markdown(results: list[dict]) -> str:
     for r in results:
         how = f" ({r['sampling']})" if r["sampling"] else ""
         lines.append(f"| {r['name']} | {r['model']}, {r['epochs']} epochs | {r['fid']:.2f} | "
-                     f"{r['classifier_score']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['kl_to_uniform']:.4f} | "
+                     f"{r['classifier_score']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                     f"{r['kl_to_uniform']:.4f} | "
                      f"{r['sampler_parameters'] / 1e6:.2f} M | {r['train_seconds']:.0f} | "
                      f"{r['sampling_images_per_s']:.0f}{how} |")
     return head + "\n".join(lines)
