@@ -8,7 +8,8 @@ run, writes them all to --json; --markdown prints the docs' table, --plot draws 
 against training seconds, a curve where a run was judged during training
 (`--eval-every`) and its final point otherwise.
 
-  python benchmarks/families.py --run "default GAN=runs/dcgan-mnist" --run "flow=runs/flow-mnist" --json f.json
+  python benchmarks/families.py --run "default GAN=runs/dcgan-mnist" --run "flow=runs/flow-mnist --ode-steps 16" \
+      --json f.json
   python benchmarks/families.py --from f.json --markdown --plot families.png
 """
 
@@ -38,10 +39,11 @@ def parameters(run: Path) -> dict:
             "trained_parameters": sum(p.numel() for m in trained.values() for p in m.parameters())}
 
 
-def judge(name: str, run: Path, args) -> dict:
+def judge(name: str, run: Path, flags: list[str], args) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    done = subprocess.run([sys.executable, "-m", "gankit", "eval", str(run), "--json", "--no-progress",
-                           "--n", str(args.n), "--seed", str(args.seed)], env=env, capture_output=True, text=True)
+    command = [sys.executable, "-m", "gankit", "eval", str(run), "--json", "--no-progress",
+               "--n", str(args.n), "--seed", str(args.seed), *flags]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode:
         return {"name": name, "run": str(run), "error": done.stderr.strip().splitlines()[-1:]}
     result = json.loads(done.stdout)
@@ -98,7 +100,8 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", action="append", default=[], metavar="NAME=RUN", help="a trained run and its name")
+    p.add_argument("--run", action="append", default=[], metavar="NAME=RUN [FLAGS]",
+                   help="a trained run and its name; flags after the run go to its gankit eval (--ode-steps 16)")
     p.add_argument("--n", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write all results here (JSON list)")
@@ -111,8 +114,9 @@ def main() -> None:
     else:
         results = []
         for given in args.run:
-            name, _, run = given.partition("=")
-            results.append(judge(name, Path(run), args))
+            name, _, rest = given.partition("=")
+            run, *flags = rest.split()
+            results.append(judge(name, Path(run), flags, args))
             print(json.dumps(results[-1]), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
