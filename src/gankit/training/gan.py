@@ -59,6 +59,10 @@ RECIPES: dict[str, dict] = {
     # with batch 64 (twice the updates an epoch) and R1 gamma 1 (docs/results.md, "Modern
     # recipes, measured": FID less than half of the paper's recipe's, over three seeds).
     "dcgan-b64-r1": {**_DCGAN, "batch_size": 64, "r1": 1.0},
+    # dcgan-b64-r1 with the Adam of StyleGAN2 (Karras et al. 2020), which trains with R1:
+    # beta1 0 (no momentum, so G and D answer each other's latest move) and beta2 0.99
+    # (docs/results.md, "The default": the best screen of the levers on dcgan-b64-r1).
+    "dcgan-b64-r1-adam0": {**_DCGAN, "batch_size": 64, "r1": 1.0, "beta1": 0.0, "beta2": 0.99},
 }
 
 
