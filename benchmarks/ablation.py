@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Row name -> the flags it adds to the DCGAN paper's recipe (`--recipe dcgan`, the default
 # when these rows were measured; `flags_of` pins it, so a row keeps its meaning now that the
-# default is `dcgan-b64-r1`, the row batch64-r1).
+# default was `dcgan-b64-r1`, the row batch64-r1; now `dcgan-b64-r1-adam0`, batch64-r1-adam0).
 ROWS: dict[str, list[str]] = {
     "default": [],
     "hinge": ["--loss", "hinge"],

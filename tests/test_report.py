@@ -59,7 +59,7 @@ def test_tensorboard_shows_losses_grids_and_settings(tmp_path, tiny_args):
     start = HParamsPluginData.FromString(acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content)
     hparams = start.session_start_info.hparams
     assert hparams["nz"].number_value == 8 and hparams["batch_size"].number_value == 4
-    assert hparams["recipe"].string_value == "dcgan-b64-r1"
+    assert hparams["recipe"].string_value == "dcgan-b64-r1-adam0"
 
 
 def test_vae_logs_its_test_figures_and_reconstructions(tmp_path, tiny_args):

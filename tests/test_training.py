@@ -46,7 +46,7 @@ def test_run_folder_contents(tmp_path, tiny_args):
     assert (run / "samples" / "fake_epoch_001.png").exists()
     assert (run / "samples" / "fake_epoch_002.png").exists()
     config = json.loads((run / "config.json").read_text())
-    assert config["epochs"] == 2 and config["recipe"] == "dcgan-b64-r1" and config["beta2"] == 0.999
+    assert config["epochs"] == 2 and config["recipe"] == "dcgan-b64-r1-adam0" and config["beta2"] == 0.99
     assert config["image_size"] == 16 and config["channels"] == 1
     lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert [ln["epoch"] for ln in lines] == [1, 2]

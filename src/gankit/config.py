@@ -56,7 +56,7 @@ class TrainConfig:
     width: int | None = setting(None, "base width of the conv nets; None: the model's")
     # The default is the best recipe measured at 10 epochs (docs/results.md, "The default");
     # a run folder keeps the recipe it was trained with, so changing it changes no old run.
-    recipe: str = setting("dcgan-b64-r1", "GAN: a named set of settings (gankit.RECIPES; docs/results.md "
+    recipe: str = setting("dcgan-b64-r1-adam0", "GAN: a named set of settings (gankit.RECIPES; docs/results.md "
                           "measures them); explicit settings win")
     init: str | None = setting(None, "GAN weight init (N(0, 0.02) is the DCGAN paper's); None: the recipe's")
     d_input_bn: bool | None = setting(None, "GAN: BatchNorm on D's first block; None: the recipe's")

@@ -55,13 +55,14 @@ RECIPES: dict[str, dict] = {
     "dcgan-r1": {**_DCGAN, "r1": 1.0},
     # The DCGAN with DiffAugment's full policy (Zhao et al. 2020).
     "dcgan-diffaugment": {**_DCGAN, "diffaugment": "color,translation,cutout"},
-    # The best we measured at 10 epochs on the DCGAN, and the default: the paper's recipe
-    # with batch 64 (twice the updates an epoch) and R1 gamma 1 (docs/results.md, "Modern
-    # recipes, measured": FID less than half of the paper's recipe's, over three seeds).
+    # The paper's recipe with batch 64 (twice the updates an epoch) and R1 gamma 1
+    # (docs/results.md, "Modern recipes, measured": FID less than half of the paper's
+    # recipe's, over three seeds); the default until dcgan-b64-r1-adam0 was measured.
     "dcgan-b64-r1": {**_DCGAN, "batch_size": 64, "r1": 1.0},
-    # dcgan-b64-r1 with the Adam of StyleGAN2 (Karras et al. 2020), which trains with R1:
-    # beta1 0 (no momentum, so G and D answer each other's latest move) and beta2 0.99
-    # (docs/results.md, "The default": the best screen of the levers on dcgan-b64-r1).
+    # The best we measured at 10 epochs on the DCGAN, and the default: dcgan-b64-r1 with the
+    # Adam of StyleGAN2 (Karras et al. 2020), which trains with R1: beta1 0 (no momentum, so
+    # G and D answer each other's latest move) and beta2 0.99 (docs/results.md, "The
+    # default": below dcgan-b64-r1's three seeds in FID at every second epoch).
     "dcgan-b64-r1-adam0": {**_DCGAN, "batch_size": 64, "r1": 1.0, "beta1": 0.0, "beta2": 0.99},
 }
 
