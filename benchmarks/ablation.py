@@ -66,6 +66,10 @@ def flags_of(row: str) -> list[str]:
     return flags if "--recipe" in flags else ["--recipe", "dcgan", *flags]
 
 
+# What the plot calls a row where its name alone would mislead.
+LABELS = {"default": "dcgan (the paper's recipe, the first default)", "batch64-r1": "dcgan-b64-r1",
+          "batch64-r1-adam0": "dcgan-b64-r1-adam0 (the default)"}
+
 KEEP = ("fid", "kid", "classifier_score", "precision", "recall", "modes", "kl_to_uniform", "class_accuracy")
 
 
@@ -152,7 +156,7 @@ def plot(results: list[dict], path: Path) -> None:
     for r in results:
         if r.get("curve"):
             ax.plot([p["train_seconds"] for p in r["curve"]], [p["fid"] for p in r["curve"]], marker="o",
-                    label=f"{' '.join(r['flags']) or 'default'} ({r['epochs']} epochs, seed {r['seed']})")
+                    label=f"{LABELS.get(r['row'], r['row'])} ({r['epochs']} epochs, seed {r['seed']})")
     ax.set_xlabel("training seconds")
     ax.set_ylabel("FID (gankit's MNIST evaluator)")
     ax.set_yscale("log")
@@ -229,8 +233,8 @@ def main() -> None:
                 print(json.dumps(results[-1]), flush=True)
                 if args.json:
                     Path(args.json).write_text(json.dumps(results, indent=1))
-    if args.plot:
-        plot(results, Path(args.plot))
+    if args.plot:  # the rows and seeds asked for (default: every row, seed 0)
+        plot([r for r in results if r["row"] in args.rows and r["seed"] in args.seeds], Path(args.plot))
     if args.markdown is not None:
         if args.markdown:
             speeds = {r["row"]: r["images_per_s"] for r in json.loads(Path(args.markdown).read_text())}
