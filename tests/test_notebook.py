@@ -82,6 +82,7 @@ def test_every_cell_runs_without_error(executed):
     assert errors == []
     assert (work / "runs" / "dcgan-mnist" / "checkpoints" / "last.pt").is_file()
     assert (work / "runs" / "vae-mnist" / "checkpoints" / "last.pt").is_file()
+    assert (work / "runs" / "flow-mnist" / "checkpoints" / "last.pt").is_file()
 
 
 def test_every_promised_picture_is_there(executed):
@@ -103,12 +104,12 @@ def test_a_run_shows_the_real_and_the_generated_grid(executed):
         assert html.count("<img") == 2 and "real" in html and "generated, epoch " in html  # a finished epoch's grid
 
 
-def test_the_judge_prints_both_models_beside_the_floor(executed):
+def test_the_judge_prints_the_three_families_beside_the_floor(executed):
     notebook, _ = executed
     text = "".join(o.get("text", "") for o in code_cells(notebook)[-1].outputs if o.output_type == "stream")
-    assert "DCGAN" in text and "VAE" in text and "real floor" in text
+    assert "DCGAN" in text and "VAE" in text and "flow" in text and "real floor" in text
     fid = next(line for line in text.splitlines() if line.startswith("fid"))
-    assert len(re.findall(r"\d+\.?\d*", fid)) == 3
+    assert len(re.findall(r"\d+\.?\d*", fid)) == 4
 
 
 def test_no_line_is_repeated_in_a_cell_output(executed):
