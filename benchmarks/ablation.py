@@ -147,16 +147,21 @@ def speed(row: str, args) -> dict:
 
 
 def plot(results: list[dict], path: Path) -> None:
+    lines = [(f"{LABELS.get(r['row'], r['row'])} ({r['epochs']} epochs, seed {r['seed']})", r["curve"])
+             for r in results if r.get("curve")]
+    fid_against_seconds(lines, path)
+
+
+def fid_against_seconds(lines: list[tuple[str, list[dict]]], path: Path) -> None:
+    """FID against training seconds, one line a (label, points with train_seconds and fid)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for r in results:
-        if r.get("curve"):
-            ax.plot([p["train_seconds"] for p in r["curve"]], [p["fid"] for p in r["curve"]], marker="o",
-                    label=f"{LABELS.get(r['row'], r['row'])} ({r['epochs']} epochs, seed {r['seed']})")
+    for label, points in lines:
+        ax.plot([p["train_seconds"] for p in points], [p["fid"] for p in points], marker="o", label=label)
     ax.set_xlabel("training seconds")
     ax.set_ylabel("FID (gankit's MNIST evaluator)")
     ax.set_yscale("log")

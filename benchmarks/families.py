@@ -25,6 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from ablation import fid_against_seconds  # noqa: E402  (benchmarks/, this script's folder)
+
 from gankit.runs import load_run  # noqa: E402  (the checkout's gankit, as the eval processes use)
 
 KEEP = ("fid", "classifier_score", "precision", "recall", "kl_to_uniform", "modes", "class_accuracy")
@@ -79,23 +81,10 @@ def markdown(results: list[dict]) -> str:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for r in results:
-        points = r["curve"] or [{"train_seconds": r["train_seconds"], "fid": r["fid"]}]
-        ax.plot([p["train_seconds"] for p in points], [p["fid"] for p in points], marker="o",
-                label=f"{r['name']} ({r['model']}, {r['epochs']} epochs)")
-    ax.set_xlabel("training seconds")
-    ax.set_ylabel("FID (gankit's MNIST evaluator)")
-    ax.set_yscale("log")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+    """A curve where a run was judged during training, its final point otherwise."""
+    fid_against_seconds([(f"{r['name']} ({r['model']}, {r['epochs']} epochs)",
+                          r["curve"] or [{"train_seconds": r["train_seconds"], "fid": r["fid"]}]) for r in results],
+                        path)
 
 
 def main() -> None:

@@ -21,7 +21,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-EVALUATIONS = {"euler": 1, "heun": 2}  # network evaluations a step (gankit.training.flow.EVALUATIONS)
+sys.path.insert(0, str(REPO / "src"))
+
+from gankit.training.flow import EVALUATIONS  # noqa: E402  (network evaluations a step, per solver)
+
 KEEP = ("fid", "classifier_score", "precision", "recall", "kl_to_uniform", "class_accuracy")
 
 
